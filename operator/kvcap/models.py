@@ -1,0 +1,340 @@
+"""The `ModelDeployment` API (kvcap.io/v1alpha1) as pydantic models.
+
+snake_case in Python, camelCase on the wire. These models mirror `crds/modeldeployments.kvcap.io.yaml`;
+`tests/unit/test_crd_matches_models.py` keeps the two in sync. Integers, not floats, in spec
+(Kubernetes API conventions); enums are CamelCase strings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from kvcap import GROUP, KIND, VERSION
+
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Kubernetes resource.Quantity, the subset kvcap accepts for memory sizes ("20Gi", "512Mi", "1e9", "1G").
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(e[0-9]+|[KMGTPE]i?|k)?$"
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_QUANTITY_FACTORS = {
+    "": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def parse_quantity(value: str | int) -> int:
+    """Parse a Kubernetes memory quantity ('80Gi', '16G', '1e9', 1024) into bytes."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if not _QUANTITY_RE.match(text):
+        raise ValueError(f"'{value}' is not a memory quantity; must look like '20Gi', '512Mi' or '1e9'")
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        return int(float(mantissa) * 10 ** int(exponent))
+    number = re.match(r"^[0-9.]+", text)
+    assert number is not None
+    suffix = text[number.end():]
+    return int(float(number.group()) * _QUANTITY_FACTORS[suffix])
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+Quantization = Literal["None", "FP8", "AWQ", "GPTQ", "MXFP4", "NVFP4", "BitsAndBytes"]
+KvCacheDtype = Literal["Auto", "FP8", "FP8E4M3", "FP8E5M2"]
+KvMemoryPolicy = Literal["Utilization", "Bytes"]
+LongContextPolicy = Literal["Auto", "Disabled", "Required"]
+AutoscalingPolicy = Literal["Disabled", "KVHeadroom"]
+
+# CamelCase API enums -> the strings `vllm serve` takes.
+QUANTIZATION_FLAG: dict[str, str | None] = {
+    "None": None, "FP8": "fp8", "AWQ": "awq", "GPTQ": "gptq", "MXFP4": "mxfp4", "NVFP4": "modelopt_fp4",
+    "BitsAndBytes": "bitsandbytes",
+}
+KV_CACHE_DTYPE_FLAG: dict[str, str] = {
+    "Auto": "auto", "FP8": "fp8", "FP8E4M3": "fp8_e4m3", "FP8E5M2": "fp8_e5m2",
+}
+
+
+class LocalObjectKeyRef(ApiModel):
+    """A key in a ConfigMap or Secret in the ModelDeployment's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the object.")]
+    key: Annotated[str, Field(min_length=1, max_length=253, description="Key inside the object.")]
+
+
+class ModelSpec(ApiModel):
+    """Which model to serve and where its `config.json` comes from."""
+
+    name: Annotated[str, Field(
+        min_length=1, max_length=256,
+        description="Hugging Face model id (e.g. 'meta-llama/Llama-3.1-8B-Instruct') or a kvcap catalog "
+        "alias. vLLM loads the weights by this name.",
+    )]
+    revision: Annotated[str | None, Field(
+        default=None, max_length=128, description="Hugging Face revision (branch, tag or commit).",
+    )] = None
+    served_model_name: Annotated[str | None, Field(
+        default=None, max_length=256,
+        description="Name clients use in the OpenAI API (`--served-model-name`); defaults to `name`.",
+    )] = None
+    config_map_ref: Annotated[LocalObjectKeyRef | None, Field(
+        default=None,
+        description="ConfigMap key holding the model's Hugging Face `config.json`. Takes precedence over "
+        "the built-in catalog and the Hub.",
+    )] = None
+    hf_token_secret_ref: Annotated[LocalObjectKeyRef | None, Field(
+        default=None,
+        description="Secret key holding a Hugging Face token, for gated models: used to fetch "
+        "`config.json` and passed to vLLM as HF_TOKEN.",
+    )] = None
+    quantization: Annotated[Quantization | None, Field(
+        default=None,
+        description="Weight quantization (`--quantization`). Unset: as the checkpoint's "
+        "`quantization_config` says.",
+    )] = None
+
+
+class ContextPercentiles(ApiModel):
+    """Percentiles of prompt+output tokens per request, e.g. from `vllm:request_prompt_tokens`."""
+
+    p50: Annotated[int, Field(ge=1, le=16_777_216, description="Median tokens per request.")]
+    p90: Annotated[int, Field(ge=1, le=16_777_216, description="90th percentile tokens per request.")]
+    p99: Annotated[int, Field(ge=1, le=16_777_216, description="99th percentile tokens per request.")]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ContextPercentiles:
+        if not self.p50 <= self.p90 <= self.p99:
+            raise ValueError("contextPercentiles must satisfy p50 <= p90 <= p99")
+        return self
+
+
+class WorkloadSpec(ApiModel):
+    """The traffic the deployment must carry."""
+
+    max_context_tokens: Annotated[int, Field(
+        ge=1, le=16_777_216,
+        description="Longest request (prompt + output tokens) that must be served; becomes "
+        "`--max-model-len` of the pool that serves the longest requests.",
+    )]
+    target_concurrency: Annotated[int, Field(
+        ge=1, le=1_000_000,
+        description="Requests that must run at once, across all replicas, without queueing for KV cache.",
+    )]
+    context_percentiles: Annotated[ContextPercentiles | None, Field(
+        default=None,
+        description="Request-length distribution. When set, KV is sized for the distribution instead of "
+        "every request at `maxContextTokens`, and a long tail may get its own pool.",
+    )] = None
+    long_context_threshold_tokens: Annotated[int | None, Field(
+        default=None, ge=1, le=16_777_216,
+        description="Requests longer than this go to a separate long-context pool. Default: decided by "
+        "the planner from `contextPercentiles` (split when `maxContextTokens` > 4 x p99).",
+    )] = None
+    long_context_policy: Annotated[LongContextPolicy, Field(
+        default="Auto",
+        description="'Auto' splits off a long-context pool when the tail is long or a split is cheaper; "
+        "'Disabled' always plans one pool; 'Required' always splits (needs a threshold or percentiles).",
+    )] = "Auto"
+    kv_headroom_percent: Annotated[int, Field(
+        default=10, ge=0, le=90,
+        description="Share of each replica's KV cache kept free at target concurrency.",
+    )] = 10
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkloadSpec:
+        p = self.context_percentiles
+        if p is not None and p.p99 > self.max_context_tokens:
+            raise ValueError("contextPercentiles.p99 must be <= maxContextTokens")
+        t = self.long_context_threshold_tokens
+        if t is not None and t >= self.max_context_tokens:
+            raise ValueError("longContextThresholdTokens must be < maxContextTokens")
+        return self
+
+
+class GpuSpec(ApiModel):
+    """Which GPUs the planner may use."""
+
+    products: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(
+        default_factory=list, max_length=32,
+        description="Allowed GPU products: kvcap catalog names ('H100-80GB', 'L40S') or "
+        "`nvidia.com/gpu.product` label values ('NVIDIA-H100-80GB-HBM3'). Empty: every product in the "
+        "catalog (offline) or on the cluster's nodes (operator).",
+    )]
+    per_node: Annotated[int, Field(
+        default=8, ge=1, le=64,
+        description="GPUs per node; a replica with more GPUs than this spans nodes (LeaderWorkerSet).",
+    )] = 8
+    max_total: Annotated[int | None, Field(
+        default=None, ge=1, le=100_000, description="Upper bound on GPUs across all pools.",
+    )] = None
+    memory: Annotated[str | None, Field(
+        default=None, max_length=32, pattern=QUANTITY_PATTERN,
+        description="Memory of one GPU as the CUDA runtime reports it ('80Gi'), for a product the "
+        "catalog lacks.",
+    )] = None
+    resource_name: Annotated[str, Field(
+        default="nvidia.com/gpu", max_length=253,
+        description="Extended resource requested per GPU ('nvidia.com/gpu', 'amd.com/gpu').",
+    )] = "nvidia.com/gpu"
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the vLLM container (literal values only; use `envFrom` for secrets)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256, description="Variable name.")]
+    value: Annotated[str, Field(default="", max_length=32_768, description="Variable value.")] = ""
+
+
+class VllmSpec(ApiModel):
+    """How vLLM runs."""
+
+    image: Annotated[str, Field(
+        default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512,
+        description="vLLM OpenAI server image.",
+    )] = "vllm/vllm-openai:v0.11.0"
+    version: Annotated[str | None, Field(
+        default=None, max_length=32, pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$",
+        description="vLLM version the image runs (memory accounting differs by version). Default: "
+        "parsed from the image tag.",
+    )] = None
+    kv_cache_dtype: Annotated[KvCacheDtype, Field(
+        default="Auto", description="KV cache dtype (`--kv-cache-dtype`); 'FP8' about doubles KV tokens.",
+    )] = "Auto"
+    kv_memory_policy: Annotated[KvMemoryPolicy, Field(
+        default="Utilization",
+        description="'Utilization' passes `--gpu-memory-utilization`; 'Bytes' passes the planned "
+        "`--kv-cache-memory-bytes`, a deterministic KV budget that skips vLLM's profiling.",
+    )] = "Utilization"
+    gpu_memory_utilization_percent: Annotated[int | None, Field(
+        default=None, ge=1, le=100,
+        description="`--gpu-memory-utilization` x 100. Default: vLLM's default for `version`.",
+    )] = None
+    kv_cache_memory: Annotated[str | None, Field(
+        default=None, max_length=32, pattern=QUANTITY_PATTERN,
+        description="Fixed KV cache size per GPU (`--kv-cache-memory-bytes`), e.g. '40Gi'.",
+    )] = None
+    block_size: Annotated[int | None, Field(
+        default=None, ge=1, le=4096, description="`--block-size` (tokens per KV block). Default 16.",
+    )] = None
+    max_num_batched_tokens: Annotated[int | None, Field(
+        default=None, ge=1, le=16_777_216, description="`--max-num-batched-tokens`.",
+    )] = None
+    max_num_seqs: Annotated[int | None, Field(
+        default=None, ge=1, le=65_536,
+        description="Cap on `--max-num-seqs`. Default: planned from the KV budget.",
+    )] = None
+    extra_args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(
+        default_factory=list, max_length=128,
+        description="Extra `vllm serve` arguments, appended verbatim. Flags kvcap plans are rejected.",
+    )]
+    env: Annotated[list[EnvVar], Field(
+        default_factory=list, max_length=128, description="Extra environment variables.",
+    )]
+    shm_size: Annotated[str, Field(
+        default="16Gi", max_length=32, pattern=QUANTITY_PATTERN,
+        description="Size of the /dev/shm memory volume (NCCL needs it with tensor parallelism).",
+    )] = "16Gi"
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_planned_flags(cls, args: list[str]) -> list[str]:
+        for arg in args:
+            flag = arg.split("=", 1)[0]
+            if flag in PLANNED_FLAGS:
+                raise ValueError(
+                    f"extraArgs must not set '{flag}': kvcap plans it; use the matching spec field"
+                )
+        return args
+
+    def resolved_version(self) -> str | None:
+        """The vLLM version: `version`, else the image tag when it looks like one ('v0.11.0')."""
+        if self.version:
+            return self.version
+        tag = self.image.rsplit(":", 1)[-1] if ":" in self.image.rsplit("/", 1)[-1] else ""
+        match = re.match(r"^v?([0-9]+\.[0-9]+(\.[0-9]+)?)", tag)
+        return match.group(1) if match else None
+
+
+# Flags kvcap computes; users may not override them through extraArgs.
+PLANNED_FLAGS = frozenset({
+    "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--max-model-len",
+    "--max-num-seqs", "--gpu-memory-utilization", "--kv-cache-memory-bytes", "--kv-cache-dtype",
+    "--served-model-name", "--port", "--block-size", "--quantization", "--max-num-batched-tokens",
+})
+
+
+class AutoscalingSpec(ApiModel):
+    """Per-pool replica scaling on KV-cache headroom read from Prometheus."""
+
+    policy: Annotated[AutoscalingPolicy, Field(
+        default="Disabled", description="'Disabled' keeps planned replicas; 'KVHeadroom' scales on KV usage.",
+    )] = "Disabled"
+    min_replicas: Annotated[int, Field(default=1, ge=0, le=10_000, description="Fewest replicas per pool.")] = 1
+    max_replicas: Annotated[int, Field(default=8, ge=1, le=10_000, description="Most replicas per pool.")] = 8
+    target_kv_utilization_percent: Annotated[int, Field(
+        default=80, ge=1, le=100, description="KV cache usage each pool is scaled to hold.",
+    )] = 80
+    scale_down_delay_seconds: Annotated[int, Field(
+        default=300, ge=0, le=86_400, description="How long usage must stay low before a scale-down.",
+    )] = 300
+    prometheus_url: Annotated[str | None, Field(
+        default=None, max_length=2048, description="Prometheus base URL; default from operator settings.",
+    )] = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be <= autoscaling.maxReplicas")
+        return self
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state of a ModelDeployment."""
+
+    model: Annotated[ModelSpec, Field(description="The model to serve.")]
+    workload: Annotated[WorkloadSpec, Field(description="The traffic to size for.")]
+    gpu: Annotated[GpuSpec, Field(default_factory=GpuSpec, description="GPU choices.")]
+    vllm: Annotated[VllmSpec, Field(default_factory=VllmSpec, description="vLLM settings.")]
+    autoscaling: Annotated[AutoscalingSpec, Field(
+        default_factory=AutoscalingSpec, description="Replica autoscaling.",
+    )]
+    paused: Annotated[bool, Field(
+        default=False, description="Stop reconciling children (status is still reported).",
+    )] = False
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = None
+
+
+class ModelDeployment(BaseModel):
+    """A whole manifest, as `kvcap plan -f` reads it."""
+
+    model_config = ConfigDict(extra="allow")
+    api_version: Literal["kvcap.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ModelDeployment"]
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+
+
+def parse_manifest(doc: dict[str, Any]) -> ModelDeployment:
+    """Validate a ModelDeployment manifest dict (raises pydantic.ValidationError)."""
+    return ModelDeployment.model_validate(doc)
+
+
+__all__ = [
+    "API_VERSION", "KIND", "KV_CACHE_DTYPE_FLAG", "PLANNED_FLAGS", "QUANTITY_PATTERN", "QUANTIZATION_FLAG",
+    "AutoscalingSpec", "ContextPercentiles", "EnvVar", "GpuSpec", "ModelDeployment", "ModelDeploymentSpec",
+    "ModelSpec", "VllmSpec", "WorkloadSpec", "parse_manifest", "parse_quantity",
+]
