@@ -1,8 +1,11 @@
 """The `ModelDeployment` API (kvcap.io/v1alpha1) as pydantic models.
 
-snake_case in Python, camelCase on the wire. These models mirror `crds/modeldeployments.kvcap.io.yaml`;
-`tests/unit/test_crd_matches_models.py` keeps the two in sync. Integers, not floats, in spec
-(Kubernetes API conventions); enums are CamelCase strings.
+snake_case in Python, camelCase on the wire. These models mirror
+`crds/modeldeployments.kvcap.io.yaml`: `tests/unit/test_crd_matches_models.py` checks that the two
+agree on every field's type, required-ness, enum, bounds, length, pattern, default and description,
+and the CRD's CEL rules repeat the cross-field checks below with the same "must ..." messages.
+Integers, not floats, in spec (Kubernetes API conventions); enums are CamelCase strings. Integers
+and booleans are strict (no "8" -> 8 coercion) because the apiserver rejects strings there too.
 """
 
 from __future__ import annotations
@@ -17,13 +20,35 @@ from kvcap import GROUP, KIND, VERSION
 
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Kubernetes resource.Quantity, the subset kvcap accepts for memory sizes ("20Gi", "512Mi", "1e9", "1G").
+# Longest ModelDeployment name. Children are named `<name>` and `<name>-long` (one per pool); a
+# multi-node pool is a LeaderWorkerSet whose worker StatefulSets are `<lws>-<group index>` (index
+# below 10000, the bound of `autoscaling.maxReplicas`), and a StatefulSet stamps
+# `controller-revision-hash: <sts>-<hash of up to 10 characters>` on its pods, a label value of at
+# most 63 characters:  42 (name) + 5 ('-long') + 5 ('-9999') + 11 ('-' + hash) = 63.
+MAX_NAME_LENGTH = 42
+# Services need RFC 1035 labels (first character a letter), and children reuse the name.
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+# Kubernetes resource.Quantity, the subset kvcap accepts for memory ("20Gi", "512Mi", "1e9", "1G").
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(e[0-9]+|[KMGTPE]i?|k)?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _QUANTITY_FACTORS = {
     "": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
+# DNS-1123 subdomain (ConfigMap and Secret names), ConfigMap/Secret keys, qualified names
+# (extended resources such as 'nvidia.com/gpu'), vLLM versions.
+_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+_RESOURCE_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+_VERSION_PATTERN = r"^[0-9]+\.[0-9]+(\.[0-9]+)?$"
+_URL_PATTERN = r"^https?://[^\s]+$"
+
+MAX_TOKENS = 16_777_216  # 16Mi tokens: above any context window in sight
 
 
 def parse_quantity(value: str | int) -> int:
@@ -32,7 +57,9 @@ def parse_quantity(value: str | int) -> int:
         return value
     text = value.strip()
     if not _QUANTITY_RE.match(text):
-        raise ValueError(f"'{value}' is not a memory quantity; must look like '20Gi', '512Mi' or '1e9'")
+        raise ValueError(
+            f"'{value}' is not a memory quantity; must look like '20Gi', '512Mi' or '1e9'"
+        )
     if "e" in text:
         mantissa, exponent = text.split("e")
         return int(float(mantissa) * 10 ** int(exponent))
@@ -56,8 +83,8 @@ AutoscalingPolicy = Literal["Disabled", "KVHeadroom"]
 
 # CamelCase API enums -> the strings `vllm serve` takes.
 QUANTIZATION_FLAG: dict[str, str | None] = {
-    "None": None, "FP8": "fp8", "AWQ": "awq", "GPTQ": "gptq", "MXFP4": "mxfp4", "NVFP4": "modelopt_fp4",
-    "BitsAndBytes": "bitsandbytes",
+    "None": None, "FP8": "fp8", "AWQ": "awq", "GPTQ": "gptq", "MXFP4": "mxfp4",
+    "NVFP4": "modelopt_fp4", "BitsAndBytes": "bitsandbytes",
 }
 KV_CACHE_DTYPE_FLAG: dict[str, str] = {
     "Auto": "auto", "FP8": "fp8", "FP8E4M3": "fp8_e4m3", "FP8E5M2": "fp8_e5m2",
@@ -67,8 +94,13 @@ KV_CACHE_DTYPE_FLAG: dict[str, str] = {
 class LocalObjectKeyRef(ApiModel):
     """A key in a ConfigMap or Secret in the ModelDeployment's namespace."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the object.")]
-    key: Annotated[str, Field(min_length=1, max_length=253, description="Key inside the object.")]
+    name: Annotated[str, Field(
+        min_length=1, max_length=253, pattern=_SUBDOMAIN_PATTERN, description="Name of the object.",
+    )]
+    key: Annotated[str, Field(
+        min_length=1, max_length=253, pattern=_CONFIG_KEY_PATTERN,
+        description="Key inside the object.",
+    )]
 
 
 class ModelSpec(ApiModel):
@@ -76,20 +108,22 @@ class ModelSpec(ApiModel):
 
     name: Annotated[str, Field(
         min_length=1, max_length=256,
-        description="Hugging Face model id (e.g. 'meta-llama/Llama-3.1-8B-Instruct') or a kvcap catalog "
-        "alias. vLLM loads the weights by this name.",
+        description="Hugging Face model id (e.g. 'meta-llama/Llama-3.1-8B-Instruct') or a kvcap "
+        "catalog alias. vLLM loads the weights by this name. May be changed: kvcap re-plans and "
+        "rolls the pools over to the new model.",
     )]
     revision: Annotated[str | None, Field(
         default=None, max_length=128, description="Hugging Face revision (branch, tag or commit).",
     )] = None
     served_model_name: Annotated[str | None, Field(
         default=None, max_length=256,
-        description="Name clients use in the OpenAI API (`--served-model-name`); defaults to `name`.",
+        description="Name clients use in the OpenAI API (`--served-model-name`); defaults to "
+        "`name`.",
     )] = None
     config_map_ref: Annotated[LocalObjectKeyRef | None, Field(
         default=None,
-        description="ConfigMap key holding the model's Hugging Face `config.json`. Takes precedence over "
-        "the built-in catalog and the Hub.",
+        description="ConfigMap key holding the model's Hugging Face `config.json`. Takes "
+        "precedence over the built-in catalog and the Hub.",
     )] = None
     hf_token_secret_ref: Annotated[LocalObjectKeyRef | None, Field(
         default=None,
@@ -99,16 +133,25 @@ class ModelSpec(ApiModel):
     quantization: Annotated[Quantization | None, Field(
         default=None,
         description="Weight quantization (`--quantization`). Unset: as the checkpoint's "
-        "`quantization_config` says.",
+        "`quantization_config` says; 'None': unquantized.",
     )] = None
 
 
 class ContextPercentiles(ApiModel):
-    """Percentiles of prompt+output tokens per request, e.g. from `vllm:request_prompt_tokens`."""
+    """Percentiles of prompt+output tokens per request (e.g. from `vllm:request_prompt_tokens`).
 
-    p50: Annotated[int, Field(ge=1, le=16_777_216, description="Median tokens per request.")]
-    p90: Annotated[int, Field(ge=1, le=16_777_216, description="90th percentile tokens per request.")]
-    p99: Annotated[int, Field(ge=1, le=16_777_216, description="99th percentile tokens per request.")]
+    Must satisfy p50 <= p90 <= p99.
+    """
+
+    p50: Annotated[int, Field(
+        strict=True, ge=1, le=MAX_TOKENS, description="Median tokens per request.",
+    )]
+    p90: Annotated[int, Field(
+        strict=True, ge=1, le=MAX_TOKENS, description="90th percentile tokens per request.",
+    )]
+    p99: Annotated[int, Field(
+        strict=True, ge=1, le=MAX_TOKENS, description="99th percentile tokens per request.",
+    )]
 
     @model_validator(mode="after")
     def _ordered(self) -> ContextPercentiles:
@@ -121,31 +164,35 @@ class WorkloadSpec(ApiModel):
     """The traffic the deployment must carry."""
 
     max_context_tokens: Annotated[int, Field(
-        ge=1, le=16_777_216,
+        strict=True, ge=1, le=MAX_TOKENS,
         description="Longest request (prompt + output tokens) that must be served; becomes "
         "`--max-model-len` of the pool that serves the longest requests.",
     )]
     target_concurrency: Annotated[int, Field(
-        ge=1, le=1_000_000,
-        description="Requests that must run at once, across all replicas, without queueing for KV cache.",
+        strict=True, ge=1, le=1_000_000,
+        description="Requests that must run at once, across all replicas, without queueing for "
+        "KV cache.",
     )]
     context_percentiles: Annotated[ContextPercentiles | None, Field(
         default=None,
-        description="Request-length distribution. When set, KV is sized for the distribution instead of "
-        "every request at `maxContextTokens`, and a long tail may get its own pool.",
+        description="Request-length distribution. When set, KV is sized for the distribution "
+        "instead of every request at `maxContextTokens`, and a long tail may get its own pool. "
+        "`p99` must be <= `maxContextTokens`.",
     )] = None
     long_context_threshold_tokens: Annotated[int | None, Field(
-        default=None, ge=1, le=16_777_216,
-        description="Requests longer than this go to a separate long-context pool. Default: decided by "
-        "the planner from `contextPercentiles` (split when `maxContextTokens` > 4 x p99).",
+        strict=True, default=None, ge=1, le=MAX_TOKENS,
+        description="Requests longer than this go to a separate long-context pool; must be < "
+        "`maxContextTokens`. Default: decided by the planner from `contextPercentiles` (split "
+        "when `maxContextTokens` > 4 x p99).",
     )] = None
     long_context_policy: Annotated[LongContextPolicy, Field(
         default="Auto",
-        description="'Auto' splits off a long-context pool when the tail is long or a split is cheaper; "
-        "'Disabled' always plans one pool; 'Required' always splits (needs a threshold or percentiles).",
+        description="'Auto' splits off a long-context pool when the tail is long or a split is "
+        "cheaper; 'Disabled' always plans one pool; 'Required' always splits (and needs "
+        "`longContextThresholdTokens` or `contextPercentiles`).",
     )] = "Auto"
     kv_headroom_percent: Annotated[int, Field(
-        default=10, ge=0, le=90,
+        strict=True, default=10, ge=0, le=90,
         description="Share of each replica's KV cache kept free at target concurrency.",
     )] = 10
 
@@ -157,6 +204,11 @@ class WorkloadSpec(ApiModel):
         t = self.long_context_threshold_tokens
         if t is not None and t >= self.max_context_tokens:
             raise ValueError("longContextThresholdTokens must be < maxContextTokens")
+        if self.long_context_policy == "Required" and t is None and p is None:
+            raise ValueError(
+                "longContextPolicy 'Required' must come with longContextThresholdTokens or "
+                "contextPercentiles"
+            )
         return self
 
 
@@ -166,15 +218,17 @@ class GpuSpec(ApiModel):
     products: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(
         default_factory=list, max_length=32,
         description="Allowed GPU products: kvcap catalog names ('H100-80GB', 'L40S') or "
-        "`nvidia.com/gpu.product` label values ('NVIDIA-H100-80GB-HBM3'). Empty: every product in the "
-        "catalog (offline) or on the cluster's nodes (operator).",
+        "`nvidia.com/gpu.product` label values ('NVIDIA-H100-80GB-HBM3'). Empty: every product "
+        "in the catalog (offline) or on the cluster's nodes (operator).",
     )]
     per_node: Annotated[int, Field(
-        default=8, ge=1, le=64,
-        description="GPUs per node; a replica with more GPUs than this spans nodes (LeaderWorkerSet).",
+        strict=True, default=8, ge=1, le=64,
+        description="GPUs per node; a replica with more GPUs than this spans nodes "
+        "(LeaderWorkerSet).",
     )] = 8
     max_total: Annotated[int | None, Field(
-        default=None, ge=1, le=100_000, description="Upper bound on GPUs across all pools.",
+        strict=True, default=None, ge=1, le=100_000,
+        description="Upper bound on GPUs across all pools.",
     )] = None
     memory: Annotated[str | None, Field(
         default=None, max_length=32, pattern=QUANTITY_PATTERN,
@@ -182,16 +236,20 @@ class GpuSpec(ApiModel):
         "catalog lacks.",
     )] = None
     resource_name: Annotated[str, Field(
-        default="nvidia.com/gpu", max_length=253,
+        default="nvidia.com/gpu", min_length=1, max_length=253, pattern=_RESOURCE_NAME_PATTERN,
         description="Extended resource requested per GPU ('nvidia.com/gpu', 'amd.com/gpu').",
     )] = "nvidia.com/gpu"
 
 
 class EnvVar(ApiModel):
-    """An environment variable for the vLLM container (literal values only; use `envFrom` for secrets)."""
+    """An environment variable for the vLLM container (a literal value; secrets go elsewhere)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=256, description="Variable name.")]
-    value: Annotated[str, Field(default="", max_length=32_768, description="Variable value.")] = ""
+    name: Annotated[str, Field(
+        min_length=1, max_length=256, pattern=_ENV_NAME_PATTERN, description="Variable name.",
+    )]
+    value: Annotated[str, Field(
+        default="", max_length=32_768, description="Variable value.",
+    )] = ""
 
 
 class VllmSpec(ApiModel):
@@ -202,12 +260,13 @@ class VllmSpec(ApiModel):
         description="vLLM OpenAI server image.",
     )] = "vllm/vllm-openai:v0.11.0"
     version: Annotated[str | None, Field(
-        default=None, max_length=32, pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$",
-        description="vLLM version the image runs (memory accounting differs by version). Default: "
-        "parsed from the image tag.",
+        default=None, max_length=32, pattern=_VERSION_PATTERN,
+        description="vLLM version the image runs (memory accounting differs by version). "
+        "Default: parsed from the image tag.",
     )] = None
     kv_cache_dtype: Annotated[KvCacheDtype, Field(
-        default="Auto", description="KV cache dtype (`--kv-cache-dtype`); 'FP8' about doubles KV tokens.",
+        default="Auto",
+        description="KV cache dtype (`--kv-cache-dtype`); 'FP8' about doubles KV tokens.",
     )] = "Auto"
     kv_memory_policy: Annotated[KvMemoryPolicy, Field(
         default="Utilization",
@@ -215,7 +274,7 @@ class VllmSpec(ApiModel):
         "`--kv-cache-memory-bytes`, a deterministic KV budget that skips vLLM's profiling.",
     )] = "Utilization"
     gpu_memory_utilization_percent: Annotated[int | None, Field(
-        default=None, ge=1, le=100,
+        strict=True, default=None, ge=1, le=100,
         description="`--gpu-memory-utilization` x 100. Default: vLLM's default for `version`.",
     )] = None
     kv_cache_memory: Annotated[str | None, Field(
@@ -223,18 +282,22 @@ class VllmSpec(ApiModel):
         description="Fixed KV cache size per GPU (`--kv-cache-memory-bytes`), e.g. '40Gi'.",
     )] = None
     block_size: Annotated[int | None, Field(
-        default=None, ge=1, le=4096, description="`--block-size` (tokens per KV block). Default 16.",
+        strict=True, default=None, ge=1, le=4096,
+        description="`--block-size` (tokens per KV block). Default 16.",
     )] = None
     max_num_batched_tokens: Annotated[int | None, Field(
-        default=None, ge=1, le=16_777_216, description="`--max-num-batched-tokens`.",
+        strict=True, default=None, ge=1, le=MAX_TOKENS,
+        description="`--max-num-batched-tokens`.",
     )] = None
     max_num_seqs: Annotated[int | None, Field(
-        default=None, ge=1, le=65_536,
+        strict=True, default=None, ge=1, le=65_536,
         description="Cap on `--max-num-seqs`. Default: planned from the KV budget.",
     )] = None
     extra_args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(
         default_factory=list, max_length=128,
-        description="Extra `vllm serve` arguments, appended verbatim. Flags kvcap plans are rejected.",
+        description="Extra `vllm serve` arguments, appended verbatim. Flags kvcap plans "
+        "(`--tensor-parallel-size`, `--max-model-len`, ...) must not appear: use the matching "
+        "spec field.",
     )]
     env: Annotated[list[EnvVar], Field(
         default_factory=list, max_length=128, description="Extra environment variables.",
@@ -248,8 +311,8 @@ class VllmSpec(ApiModel):
     @classmethod
     def _no_planned_flags(cls, args: list[str]) -> list[str]:
         for arg in args:
-            flag = arg.split("=", 1)[0]
-            if flag in PLANNED_FLAGS:
+            flag = planned_flag_of(arg)
+            if flag is not None:
                 raise ValueError(
                     f"extraArgs must not set '{flag}': kvcap plans it; use the matching spec field"
                 )
@@ -264,30 +327,53 @@ class VllmSpec(ApiModel):
         return match.group(1) if match else None
 
 
-# Flags kvcap computes; users may not override them through extraArgs.
+# Flags kvcap computes, or that would silently break the plan (data parallelism multiplies the
+# GPUs of a replica, a block-count override replaces the KV budget, `--model` replaces the model);
+# users may not pass them through extraArgs. The CRD repeats this list in a CEL rule on
+# `spec.vllm.extraArgs[*]` (tests/unit/test_crd_matches_models.py keeps the two equal).
 PLANNED_FLAGS = frozenset({
     "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--max-model-len",
     "--max-num-seqs", "--gpu-memory-utilization", "--kv-cache-memory-bytes", "--kv-cache-dtype",
     "--served-model-name", "--port", "--block-size", "--quantization", "--max-num-batched-tokens",
+    "--data-parallel-size", "-dp", "--num-gpu-blocks-override", "--model",
 })
+
+
+def planned_flag_of(arg: str) -> str | None:
+    """The planned flag that `arg` sets ('--max-model-len=4096' -> '--max-model-len'), else None.
+
+    vLLM's parser reads `--max_model_len` as `--max-model-len`, so underscores count as dashes.
+    """
+    flag = arg.split("=", 1)[0].replace("_", "-")
+    return flag if flag in PLANNED_FLAGS else None
 
 
 class AutoscalingSpec(ApiModel):
     """Per-pool replica scaling on KV-cache headroom read from Prometheus."""
 
     policy: Annotated[AutoscalingPolicy, Field(
-        default="Disabled", description="'Disabled' keeps planned replicas; 'KVHeadroom' scales on KV usage.",
+        default="Disabled",
+        description="'Disabled' keeps planned replicas; 'KVHeadroom' scales on KV usage.",
     )] = "Disabled"
-    min_replicas: Annotated[int, Field(default=1, ge=0, le=10_000, description="Fewest replicas per pool.")] = 1
-    max_replicas: Annotated[int, Field(default=8, ge=1, le=10_000, description="Most replicas per pool.")] = 8
+    min_replicas: Annotated[int, Field(
+        strict=True, default=1, ge=0, le=10_000,
+        description="Fewest replicas per pool; must be <= `maxReplicas`.",
+    )] = 1
+    max_replicas: Annotated[int, Field(
+        strict=True, default=8, ge=1, le=10_000, description="Most replicas per pool.",
+    )] = 8
     target_kv_utilization_percent: Annotated[int, Field(
-        default=80, ge=1, le=100, description="KV cache usage each pool is scaled to hold.",
+        strict=True, default=80, ge=1, le=100,
+        description="KV cache usage each pool is scaled to hold.",
     )] = 80
     scale_down_delay_seconds: Annotated[int, Field(
-        default=300, ge=0, le=86_400, description="How long usage must stay low before a scale-down.",
+        strict=True, default=300, ge=0, le=86_400,
+        description="How long usage must stay low before a scale-down.",
     )] = 300
     prometheus_url: Annotated[str | None, Field(
-        default=None, max_length=2048, description="Prometheus base URL; default from operator settings.",
+        default=None, max_length=2048, pattern=_URL_PATTERN,
+        description="Prometheus base URL ('http://prometheus.monitoring:9090'); default from the "
+        "operator's settings.",
     )] = None
 
     @model_validator(mode="after")
@@ -308,13 +394,16 @@ class ModelDeploymentSpec(ApiModel):
         default_factory=AutoscalingSpec, description="Replica autoscaling.",
     )]
     paused: Annotated[bool, Field(
-        default=False, description="Stop reconciling children (status is still reported).",
+        strict=True, default=False,
+        description="Stop reconciling children (status is still reported).",
     )] = False
 
 
 class ObjectMeta(BaseModel):
+    """The parts of `metadata` kvcap checks (the CRD checks `name` with the same CEL rules)."""
+
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     namespace: str | None = None
 
 
@@ -334,7 +423,9 @@ def parse_manifest(doc: dict[str, Any]) -> ModelDeployment:
 
 
 __all__ = [
-    "API_VERSION", "KIND", "KV_CACHE_DTYPE_FLAG", "PLANNED_FLAGS", "QUANTITY_PATTERN", "QUANTIZATION_FLAG",
-    "AutoscalingSpec", "ContextPercentiles", "EnvVar", "GpuSpec", "ModelDeployment", "ModelDeploymentSpec",
-    "ModelSpec", "VllmSpec", "WorkloadSpec", "parse_manifest", "parse_quantity",
+    "API_VERSION", "KIND", "KV_CACHE_DTYPE_FLAG", "MAX_NAME_LENGTH", "NAME_PATTERN",
+    "PLANNED_FLAGS", "QUANTITY_PATTERN", "QUANTIZATION_FLAG", "AutoscalingSpec",
+    "ContextPercentiles", "EnvVar", "GpuSpec", "LocalObjectKeyRef", "ModelDeployment",
+    "ModelDeploymentSpec", "ModelSpec", "VllmSpec", "WorkloadSpec", "parse_manifest",
+    "parse_quantity", "planned_flag_of",
 ]
