@@ -1,0 +1,420 @@
+"""Read a Hugging Face `config.json` into the facts vLLM's memory accounting needs.
+
+Pure: dict in, frozen dataclass out. Where vLLM derives a value (head size, KV heads, which layers
+slide), the rule and its source are noted next to the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvcap.errors import InvalidModelConfig
+
+# Layer kinds, as vLLM's KV cache specs distinguish them (vllm/v1/kv_cache_interface.py).
+FULL = "full"  # FullAttentionSpec
+SLIDING = "sliding"  # SlidingWindowSpec
+CHUNKED = "chunked"  # ChunkedLocalAttentionSpec (Llama 4 local layers)
+MLA = "mla"  # MLAAttentionSpec: one latent per token, not split by TP
+MAMBA = "mamba"  # MambaSpec: a constant state per request (mamba1/2, linear attention, GDN)
+CROSS = "cross"  # cross-attention to image/encoder tokens (mllama)
+ATTENTION_KINDS = (FULL, SLIDING, CHUNKED, MLA, CROSS)
+
+DTYPE_BYTES = {
+    "float32": 4, "float": 4, "fp32": 4, "bfloat16": 2, "float16": 2, "half": 2, "bf16": 2, "fp16": 2,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MambaState:
+    """Per-layer recurrent state, unsharded. Bytes per rank = conv + ssm, each split by TP."""
+
+    conv_elems: int  # (conv_kernel - 1) x conv_dim
+    ssm_elems: int  # heads x head_dim x state (mamba2 / GDN) or intermediate x state (mamba1)
+    ssm_dtype_bytes: int
+
+    def bytes_per_rank(self, tp: int, dtype_bytes: int) -> int:
+        return self.conv_elems // tp * dtype_bytes + self.ssm_elems // tp * self.ssm_dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArch:
+    name: str
+    model_type: str
+    architectures: tuple[str, ...]
+    layer_kinds: tuple[str, ...]  # one per decoder layer that holds KV or state
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    head_dim_v: int
+    mla_latent_dim: int  # kv_lora_rank + qk_rope_head_dim (0 when not MLA)
+    sliding_window: int | None
+    attention_chunk_size: int | None
+    mamba: MambaState | None
+    dtype: str
+    dtype_bytes: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    num_parameters: int
+    embedding_parameters: int  # input embeddings + untied lm_head
+    expert_parameters: int  # routed-expert weights (quantized separately by mxfp4)
+    num_experts: int
+    num_active_parameters: int | None
+    quant_method: str | None  # from quantization_config: fp8, awq, gptq, mxfp4, compressed-tensors...
+    quant_bits: float | None  # weight bits for quantized linear layers
+    vision_parameters: int
+    is_moe: bool
+
+    @property
+    def num_attention_layers(self) -> int:
+        return sum(1 for k in self.layer_kinds if k in ATTENTION_KINDS)
+
+    @property
+    def is_mla(self) -> bool:
+        return self.mla_latent_dim > 0
+
+    @property
+    def kind_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kind in self.layer_kinds:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+def _get(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = cfg.get(name)
+        if value is not None:
+            return value
+    return default
+
+
+def _require_int(cfg: dict[str, Any], where: str, *names: str) -> int:
+    value = _get(cfg, *names)
+    if value is None:
+        raise InvalidModelConfig(
+            f"{where}: config.json has no '{names[0]}'"
+            + (f" (nor {', '.join(repr(n) for n in names[1:])})" if len(names) > 1 else "")
+            + "; kvcap needs it to size the KV cache"
+        )
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidModelConfig(f"{where}: '{names[0]}' must be a positive integer, got {value!r}")
+    return value
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language-model part of a (possibly multimodal) config, with top-level dtype/quant kept."""
+    inner = config.get("text_config") or config.get("llm_config") or config.get("language_config")
+    if not isinstance(inner, dict):
+        return config
+    merged = dict(inner)
+    for key in ("torch_dtype", "dtype", "quantization_config", "tie_word_embeddings"):
+        if key not in merged and key in config:
+            merged[key] = config[key]
+    return merged
+
+
+def _dtype(cfg: dict[str, Any], top: dict[str, Any]) -> str:
+    raw = _get(top, "torch_dtype", "dtype") or _get(cfg, "torch_dtype", "dtype") or "bfloat16"
+    name = str(raw).replace("torch.", "").lower()
+    # vLLM --dtype auto serves float32 checkpoints in 16-bit (vllm/config/model.py `_resolve_auto_dtype`).
+    return "bfloat16" if name in ("float32", "float", "fp32") else name
+
+
+def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, ...]:
+    model_type = str(cfg.get("model_type", ""))
+    window = cfg.get("sliding_window")
+    if cfg.get("kv_lora_rank"):
+        kinds = [MLA] * n_layers
+        # DeepSeek-V3 style multi-token-prediction layers are not loaded for plain serving.
+        return tuple(kinds)
+
+    # Mamba / linear-attention hybrids
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern:  # Nemotron-H: M=mamba, *=attention, -=MLP, E=MoE
+        return tuple(MAMBA if c == "M" else FULL for c in pattern if c in "M*")
+    layer_types = cfg.get("layer_types") or cfg.get("layers_block_type")
+    if isinstance(layer_types, list) and layer_types:
+        if len(layer_types) < n_layers:
+            raise InvalidModelConfig(
+                f"{where}: 'layer_types' lists {len(layer_types)} layers but num_hidden_layers is {n_layers}"
+            )
+        kinds = []
+        for t in layer_types[:n_layers]:
+            t = str(t).lower()
+            if t in ("sliding_attention", "sliding", "local", "local_attention"):
+                kinds.append(SLIDING if window else FULL)
+            elif t in ("chunked_attention",):
+                kinds.append(CHUNKED)
+            elif t in ("mamba", "mamba2", "linear_attention", "linear", "ssm", "gdn"):
+                kinds.append(MAMBA)
+            elif t in ("full_attention", "attention", "global", "full", "hybrid"):
+                kinds.append(FULL)
+            elif t in ("mlp", "moe", "ffn"):
+                continue
+            else:
+                raise InvalidModelConfig(f"{where}: unknown layer type '{t}' in 'layer_types'")
+        return tuple(kinds)
+    if cfg.get("full_attention_interval") and cfg.get("linear_num_value_heads"):  # Qwen3-Next
+        k = int(cfg["full_attention_interval"])
+        return tuple(FULL if (i + 1) % k == 0 else MAMBA for i in range(n_layers))
+    if cfg.get("attn_layer_period") and model_type == "jamba":
+        period, offset = int(cfg["attn_layer_period"]), int(cfg.get("attn_layer_offset", 0))
+        return tuple(FULL if i % period == offset else MAMBA for i in range(n_layers))
+    if cfg.get("attn_layer_indices") is not None and model_type in ("bamba", "falcon_h1", "zamba2"):
+        idx = set(cfg["attn_layer_indices"])
+        return tuple(FULL if i in idx else MAMBA for i in range(n_layers))
+    if model_type in ("mamba", "mamba2", "falcon_mamba"):
+        return (MAMBA,) * n_layers
+
+    # Sliding-window interleaving, per model family (vllm/model_executor/models/*.py)
+    if window and model_type == "gemma2":  # even layers slide (gemma2.py)
+        return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers))
+    if window and model_type in ("gemma3_text", "gemma3", "cohere2"):
+        period = int(cfg.get("sliding_window_pattern") or (6 if model_type.startswith("gemma3") else 4))
+        return tuple(FULL if (i + 1) % period == 0 else SLIDING for i in range(n_layers))
+    if cfg.get("attention_chunk_size") and model_type in ("llama4_text", "llama4"):
+        # Llama 4: every 4th layer is global ("no_rope_layers" 0), others chunked-local.
+        no_rope = cfg.get("no_rope_layers")
+        if isinstance(no_rope, list) and len(no_rope) >= n_layers:
+            return tuple(CHUNKED if no_rope[i] else FULL for i in range(n_layers))
+        step = int(cfg.get("interleave_moe_layer_step") and 4 or 4)
+        return tuple(FULL if (i + 1) % step == 0 else CHUNKED for i in range(n_layers))
+    if model_type in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window") \
+            and window:
+        first = int(cfg.get("max_window_layers", n_layers))
+        return tuple(SLIDING if i >= first else FULL for i in range(n_layers))
+    if model_type == "mllama":
+        cross = set(cfg.get("cross_attention_layers") or ())
+        return tuple(CROSS if i in cross else FULL for i in range(n_layers))
+    # A global `sliding_window` on Llama-style models (Mistral v0.1, Phi-3) is ignored by vLLM V1's
+    # Llama attention, which reads per-layer `layer_types` only (llama.py); all layers are full.
+    return (FULL,) * n_layers
+
+
+def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
+    ssm_dtype = str(cfg.get("mamba_ssm_cache_dtype") or "").replace("torch.", "")
+    ssm_bytes = DTYPE_BYTES.get(ssm_dtype, dtype_bytes)
+    if cfg.get("linear_num_value_heads"):  # Qwen3-Next gated delta net
+        kh, kd = int(cfg["linear_num_key_heads"]), int(cfg["linear_key_head_dim"])
+        vh, vd = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
+        conv_k = int(cfg.get("linear_conv_kernel_dim", 4))
+        conv_dim = 2 * kh * kd + vh * vd
+        return MambaState((conv_k - 1) * conv_dim, vh * kd * vd, ssm_bytes)
+    hidden = int(cfg.get("hidden_size", 0))
+    d_state = _get(cfg, "mamba_d_state", "ssm_state_size", "state_size")
+    if d_state is None:
+        return None
+    d_state = int(d_state)
+    conv_k = int(_get(cfg, "mamba_d_conv", "conv_kernel", "mamba_conv_kernel", default=4))
+    expand = float(_get(cfg, "mamba_expand", "expand", default=2))
+    n_heads = _get(cfg, "mamba_n_heads", "mamba_num_heads")
+    head_dim = _get(cfg, "mamba_d_head", "mamba_head_dim")
+    n_groups = int(_get(cfg, "mamba_n_groups", "n_groups", default=1))
+    if n_heads is not None and head_dim is not None:  # mamba2
+        intermediate = int(n_heads) * int(head_dim)
+        conv_dim = intermediate + 2 * n_groups * d_state
+        return MambaState((conv_k - 1) * conv_dim, int(n_heads) * int(head_dim) * d_state, ssm_bytes)
+    intermediate = int(_get(cfg, "mamba_intermediate_size", "intermediate_size", default=expand * hidden))
+    if str(cfg.get("model_type")) == "jamba":
+        intermediate = int(expand * hidden)
+    return MambaState((conv_k - 1) * intermediate, intermediate * d_state, ssm_bytes)
+
+
+def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, heads: int,
+                  kv_heads: int, head_dim: int) -> tuple[int, int, int, int, bool]:
+    """(total, embedding, routed-expert, num_experts, is_moe) parameters from the config's shapes."""
+    hidden = int(cfg["hidden_size"])
+    vocab = int(cfg.get("vocab_size") or cfg.get("padded_vocab_size") or 32000)
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    embedding = vocab * hidden * (1 if tied else 2)
+    inter = int(_get(cfg, "intermediate_size", "ffn_dim", "ffn_hidden_size", "n_inner",
+                     default=4 * hidden))
+    n_experts = int(_get(cfg, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
+                         default=0) or 0)
+    moe_inter = int(_get(cfg, "moe_intermediate_size", "expert_intermediate_size", default=inter))
+    n_shared = int(_get(cfg, "n_shared_experts", "num_shared_experts", default=0) or 0)
+    shared_inter = int(_get(cfg, "shared_expert_intermediate_size", default=moe_inter * max(n_shared, 1)))
+    if not n_shared and not cfg.get("shared_expert_intermediate_size"):
+        shared_inter = 0
+    first_dense = int(_get(cfg, "first_k_dense_replace", default=0) or 0)
+    mlp_only = set(cfg.get("mlp_only_layers") or ())
+    sparse_step = int(_get(cfg, "decoder_sparse_step", "moe_layer_freq", default=1) or 1)
+    gated = str(cfg.get("model_type", "")) not in ("opt", "gpt2", "gpt_bigcode", "falcon", "phi")
+    mlp_mult = 3 if gated else 2
+
+    if cfg.get("kv_lora_rank"):
+        q_lora = cfg.get("q_lora_rank")
+        nope, rope = int(cfg["qk_nope_head_dim"]), int(cfg["qk_rope_head_dim"])
+        v_head, kv_lora = int(cfg["v_head_dim"]), int(cfg["kv_lora_rank"])
+        q = hidden * q_lora + q_lora * heads * (nope + rope) if q_lora else hidden * heads * (nope + rope)
+        attn = q + hidden * (kv_lora + rope) + kv_lora * heads * (nope + v_head) + heads * v_head * hidden
+    else:
+        attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+    mamba_params = 0
+    state = cfg.get("mamba_d_state") or cfg.get("ssm_state_size") or cfg.get("linear_num_value_heads")
+    if state:
+        expand_inner = int(_get(cfg, "mamba_n_heads", default=0) or 0) * int(
+            _get(cfg, "mamba_d_head", default=0) or 0) or int(
+            float(_get(cfg, "mamba_expand", "expand", default=2)) * hidden)
+        if cfg.get("linear_num_value_heads"):
+            expand_inner = int(cfg["linear_num_value_heads"]) * int(cfg["linear_value_head_dim"])
+        mamba_params = 3 * hidden * expand_inner  # in_proj (x, z, B/C, dt) + out_proj, roughly
+    pattern = cfg.get("hybrid_override_pattern")
+    total = embedding
+    experts = 0
+    if isinstance(pattern, str) and pattern:  # Nemotron-H: one block type per layer
+        for c in pattern:
+            if c == "*":
+                total += attn
+            elif c == "M":
+                total += mamba_params
+            elif c == "-":
+                total += 2 * hidden * inter
+            elif c == "E":
+                e = n_experts * mlp_mult * hidden * moe_inter
+                experts += e
+                total += e + hidden * n_experts + mlp_mult * hidden * shared_inter
+        return total, embedding, experts, n_experts, n_experts > 0
+    kind_iter = list(kinds) + [FULL] * max(0, n_layers - len(kinds))
+    for i in range(n_layers):
+        kind = kind_iter[i] if i < len(kind_iter) else FULL
+        total += mamba_params if kind == MAMBA else attn
+        is_moe_layer = n_experts > 0 and i >= first_dense and i not in mlp_only and (
+            (i + 1) % sparse_step == 0 if sparse_step > 1 else True)
+        if is_moe_layer:
+            e = n_experts * mlp_mult * hidden * moe_inter
+            experts += e
+            total += e + hidden * n_experts + mlp_mult * hidden * shared_inter
+        elif kind != MAMBA or str(cfg.get("model_type")) in ("jamba", "granitemoehybrid"):
+            total += mlp_mult * hidden * inter
+    return total, embedding, experts, n_experts, n_experts > 0
+
+
+_QUANT_BITS = {"fp8": 8.0, "fbgemm_fp8": 8.0, "fp8_dynamic": 8.0, "awq": 4.0, "awq_marlin": 4.0,
+               "gptq": 4.0, "gptq_marlin": 4.0, "mxfp4": 4.25, "modelopt_fp4": 4.5, "nvfp4": 4.5,
+               "bitsandbytes": 4.0, "int8": 8.0, "w8a8": 8.0, "compressed-tensors": 8.0,
+               "modelopt": 8.0}
+
+
+def _quant(config: dict[str, Any]) -> tuple[str | None, float | None]:
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict):
+        return None, None
+    method = str(qc.get("quant_method") or qc.get("quant_algo") or "").lower() or None
+    bits = qc.get("bits") or qc.get("w_bit") or qc.get("weight_bits")
+    if method == "compressed-tensors":
+        groups = qc.get("config_groups") or {}
+        for group in groups.values():
+            weights = (group or {}).get("weights") or {}
+            if weights.get("num_bits"):
+                bits = weights["num_bits"]
+                wtype = str(weights.get("type", "int"))
+                if int(bits) == 4 and wtype == "float":
+                    return "nvfp4", 4.5
+                break
+    if method == "modelopt":
+        algo = str(qc.get("quant_algo", "")).upper()
+        return ("nvfp4", 4.5) if "FP4" in algo else ("fp8", 8.0)
+    if method is None:
+        return None, None
+    if bits is not None:
+        b = float(bits)
+        if method in ("gptq", "awq") and b <= 4:
+            b += 0.25  # fp16 scale + packed zero per group of 128 (vLLM gptq/awq layouts)
+        return method, b
+    return method, _QUANT_BITS.get(method, 8.0)
+
+
+def parse_config(config: dict[str, Any], *, name: str = "config.json",
+                 num_parameters: int | None = None,
+                 num_active_parameters: int | None = None) -> ModelArch:
+    """Parse an HF config.json dict. Raises InvalidModelConfig with the field and what would fit."""
+    if not isinstance(config, dict):
+        raise InvalidModelConfig(f"{name}: config.json must be a JSON object, got {type(config).__name__}")
+    cfg = text_config(config)
+    where = name
+    n_layers = _require_int(cfg, where, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    hidden = _require_int(cfg, where, "hidden_size", "n_embd", "d_model", "dim")
+    cfg = {**cfg, "hidden_size": hidden}
+    heads = _require_int(cfg, where, "num_attention_heads", "n_head", "n_heads", "num_heads")
+    kv_heads = _get(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", "n_kv_heads")
+    if kv_heads is None:
+        kv_heads = 1 if cfg.get("multi_query") else heads
+    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+        raise InvalidModelConfig(
+            f"{where}: num_key_value_heads ({kv_heads!r}) must be a positive divisor of "
+            f"num_attention_heads ({heads})"
+        )
+    head_dim = cfg.get("head_dim") or hidden // heads
+    if hidden % heads and not cfg.get("head_dim"):
+        raise InvalidModelConfig(
+            f"{where}: hidden_size ({hidden}) is not divisible by num_attention_heads ({heads}) and "
+            f"there is no 'head_dim'"
+        )
+    dtype = _dtype(cfg, config)
+    if dtype not in DTYPE_BYTES:
+        raise InvalidModelConfig(f"{where}: unsupported torch_dtype '{dtype}'; must be bfloat16, "
+                                 f"float16 or float32")
+    dtype_bytes = DTYPE_BYTES[dtype]
+    kinds = _layer_kinds(cfg, n_layers, where)
+    mla_latent = 0
+    if cfg.get("kv_lora_rank"):
+        mla_latent = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim", 64))
+    mamba = _mamba_state(cfg, dtype_bytes) if MAMBA in kinds else None
+    if MAMBA in kinds and mamba is None:
+        raise InvalidModelConfig(f"{where}: hybrid model has Mamba layers but no state size "
+                                 f"('mamba_d_state' or 'ssm_state_size')")
+    window = cfg.get("sliding_window") if SLIDING in kinds else None
+    attn_head_dim = int(head_dim)
+    if cfg.get("attention_head_dim"):  # some hybrids name it differently
+        attn_head_dim = int(cfg["attention_head_dim"])
+    total, embedding, experts, n_experts, is_moe = _param_counts(
+        cfg, kinds, n_layers, heads, int(kv_heads), attn_head_dim)
+    vision = 0
+    vc = config.get("vision_config")
+    if isinstance(vc, dict) and vc.get("hidden_size"):
+        vh = int(vc["hidden_size"])
+        vl = int(_get(vc, "num_hidden_layers", "depth", default=0) or 0)
+        vi = int(_get(vc, "intermediate_size", default=4 * vh) or 4 * vh)
+        vision = vl * (4 * vh * vh + 2 * vh * vi)
+        total += vision
+    if num_parameters:
+        # The catalog's count is authoritative (safetensors metadata); scale the derived parts.
+        scale = num_parameters / total if total else 1.0
+        experts = int(experts * scale)
+        vision = int(vision * scale)
+        total = num_parameters
+    quant_method, quant_bits = _quant(config)
+    return ModelArch(
+        name=name,
+        model_type=str(cfg.get("model_type") or config.get("model_type") or ""),
+        architectures=tuple(config.get("architectures") or ()),
+        layer_kinds=kinds,
+        num_attention_heads=heads,
+        num_kv_heads=1 if mla_latent else int(kv_heads),
+        head_dim=mla_latent or attn_head_dim,
+        head_dim_v=attn_head_dim,
+        mla_latent_dim=mla_latent,
+        sliding_window=int(window) if window else None,
+        attention_chunk_size=int(cfg["attention_chunk_size"]) if CHUNKED in kinds else None,
+        mamba=mamba,
+        dtype=dtype,
+        dtype_bytes=dtype_bytes,
+        hidden_size=hidden,
+        intermediate_size=int(_get(cfg, "intermediate_size", default=4 * hidden)),
+        vocab_size=int(cfg.get("vocab_size") or 32000),
+        max_position_embeddings=int(_get(cfg, "max_position_embeddings", "n_positions", "seq_length",
+                                         default=2048)),
+        num_parameters=int(total),
+        embedding_parameters=int(embedding),
+        expert_parameters=int(experts),
+        num_experts=n_experts,
+        num_active_parameters=num_active_parameters,
+        quant_method=quant_method,
+        quant_bits=quant_bits,
+        vision_parameters=int(vision),
+        is_moe=is_moe,
+    )

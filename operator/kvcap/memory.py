@@ -1,0 +1,541 @@
+"""vLLM's GPU memory accounting, reimplemented as pure arithmetic.
+
+Given a model (`ModelArch`), a GPU and the `vllm serve` flags, predict what vLLM prints at startup:
+"Available KV cache memory: X GiB", "GPU KV cache size: N tokens", "Maximum concurrency for L tokens
+per request: Cx", or its refusal to start. The KV part follows vLLM V1's `vllm/v1/core/kv_cache_utils.py`
+(`get_kv_cache_groups`, `get_kv_cache_config_from_groups`, `_report_kv_cache_config`,
+`get_max_concurrency_for_kv_cache_config`, `_check_enough_kv_cache_memory`) and the per-layer specs of
+`vllm/v1/kv_cache_interface.py`; V0 follows `vllm/worker/cache_engine.py` (`get_cache_block_size`).
+The non-KV part (activation peak, non-torch memory, CUDA graphs) is a calibrated model: see
+`kvcap/data/overheads.yaml` and `benchmarks/calibrate_overheads.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvcap.arch import CHUNKED, CROSS, DTYPE_BYTES, FULL, MAMBA, MLA, SLIDING, ModelArch
+from kvcap.catalog import GIB, Gpu
+from kvcap.errors import InvalidArgument
+from kvcap.vllm_version import VllmProfile, profile
+
+KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16", "fp8_inc", "fp8_ds_mla")
+DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py DEFAULT_BLOCK_SIZE
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeArgs:
+    """The `vllm serve` flags that affect memory, spelled as vLLM spells them (None = vLLM default)."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    decode_context_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_cache_dtype: str = "auto"
+    block_size: int | None = None
+    quantization: str | None = None
+    kv_cache_memory_bytes: int | None = None
+    vllm_version: str | None = None
+    enforce_eager: bool = False
+    disable_hybrid_kv_cache_manager: bool = False
+    dtype: str = "auto"  # --dtype: 'auto' (checkpoint dtype; float32 served as bfloat16) or explicit
+
+
+@dataclass(frozen=True, slots=True)
+class KvGroup:
+    kind: str
+    layers: int  # layers in this group on the worker that sizes the cache
+    blocks_per_request: int  # blocks one max_model_len request needs in this group
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What vLLM would do with these flags on this GPU. Byte counts are per GPU."""
+
+    model: str
+    gpu: str
+    vllm_version: str
+    engine: str
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    decode_context_parallel_size: int
+    gpus_per_replica: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+    kv_cache_dtype: str
+    kv_dtype_bytes: int
+    gpu_memory_utilization: float
+    gpu_total_bytes: int
+    weights_bytes: int
+    activation_bytes: int
+    non_torch_bytes: int
+    cudagraph_bytes: int
+    available_kv_bytes: int
+    kv_memory_given: bool
+    kv_bytes_per_token: int  # all KV layers on this GPU, one token, full-attention equivalent
+    page_bytes: int  # bytes of one block of one layer (after page-size unification)
+    group_size: int
+    groups: tuple[KvGroup, ...]
+    num_blocks: int
+    kv_tokens: int  # the "GPU KV cache size: N tokens" line
+    max_concurrency: float  # the "Maximum concurrency for L tokens per request: Cx" line
+    request_kv_bytes: int  # KV one max_model_len request needs on this GPU
+    state_bytes_per_request: int  # Mamba / linear-attention state per request on this GPU
+    fits: bool
+    reason: str  # empty when fits
+    estimated_max_model_len: int  # largest max_model_len that would fit (vLLM's own estimate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "gpu": self.gpu,
+            "vllm_version": self.vllm_version,
+            "engine": self.engine,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "decode_context_parallel_size": self.decode_context_parallel_size,
+            "gpus_per_replica": self.gpus_per_replica,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "block_size": self.block_size,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "gpu_memory_gib": round(self.gpu_total_bytes / GIB, 2),
+            "kv_bytes_per_token_per_gpu": self.kv_bytes_per_token,
+            "weights_gib_per_gpu": round(self.weights_bytes / GIB, 3),
+            "activation_gib_per_gpu": round(self.activation_bytes / GIB, 3),
+            "non_torch_gib_per_gpu": round(self.non_torch_bytes / GIB, 3),
+            "cudagraph_gib_per_gpu": round(self.cudagraph_bytes / GIB, 3),
+            "available_kv_gib_per_gpu": round(self.available_kv_bytes / GIB, 3),
+            "kv_cache_memory_bytes": self.available_kv_bytes,
+            "kv_memory_given": self.kv_memory_given,
+            "num_gpu_blocks": self.num_blocks,
+            "kv_cache_groups": len(self.groups),
+            "kv_tokens": self.kv_tokens,
+            "max_concurrency": round(self.max_concurrency, 2),
+            "request_kv_gib": round(self.request_kv_bytes / GIB, 3),
+            "fits": self.fits,
+            "reason": self.reason,
+            "estimated_max_model_len": self.estimated_max_model_len,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults vLLM picks
+# ---------------------------------------------------------------------------------------------
+
+def default_batch_limits(gpu: Gpu, prof: VllmProfile) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) for `vllm serve` (OPENAI_API_SERVER usage context).
+
+    vllm/engine/arg_utils.py `get_batch_defaults`: GPUs with >= 70 GiB that are not A100 get
+    1024 / 8192, others 256 / 2048. Before v0.10 the server defaults were 256 / 2048 everywhere.
+    V0 profiled max(max_model_len, 2048) tokens without chunked prefill; the caller handles that.
+    """
+    if prof.device_batch_defaults and gpu.memory_bytes >= 70 * GIB and "A100" not in gpu.name.upper():
+        return 1024, 8192
+    return 256, 2048
+
+
+def kv_dtype_bytes(kv_cache_dtype: str, arch: ModelArch) -> int:
+    if kv_cache_dtype not in KV_DTYPES:
+        raise InvalidArgument(
+            f"--kv-cache-dtype '{kv_cache_dtype}' is not supported; must be one of {', '.join(KV_DTYPES)}"
+        )
+    if kv_cache_dtype.startswith("fp8"):
+        return 1
+    if kv_cache_dtype in ("bfloat16", "float16"):
+        return 2
+    return arch.dtype_bytes
+
+
+def default_block_size(arch: ModelArch, gpu: Gpu) -> int:
+    """vLLM's platform default: 16; hybrid Mamba models get a larger one (computed later)."""
+    return DEFAULT_BLOCK_SIZE
+
+
+def pp_layer_split(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """Layer ranges per pipeline stage, as vllm/distributed/utils.py `get_pp_indices` splits them:
+    even split, with the remainder going to the stages before the last one."""
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    ranges, start = [], 0
+    for n in parts:
+        ranges.append((start, start + n))
+        start += n
+    return ranges
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache layout (pure functions of the model and flags)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    kinds: tuple[str, ...]  # effective kind per KV-holding layer (after version rules)
+    attn_page_per_token: int  # bytes per token per attention layer on one GPU
+    mamba_page: int  # padded state bytes per Mamba layer on one GPU (0 if none)
+    block_size: int
+    page_bytes: int  # unified page size per block per layer
+    kv_bytes_per_token: int  # full-attention equivalent per token, all attention layers on one GPU
+
+
+def _effective_kinds(arch: ModelArch, prof: VllmProfile, disable_hybrid: bool) -> tuple[str, ...]:
+    hybrid = prof.hybrid_allocator and not disable_hybrid and prof.engine == "V1"
+    out = []
+    for kind in arch.layer_kinds:
+        if kind in (SLIDING, CHUNKED) and not hybrid:
+            kind = FULL  # without the hybrid allocator, local layers keep KV for every token
+        if kind == CROSS:
+            kind = FULL  # V0 (and mllama on V1) allocate self-attention-sized KV for these layers
+        out.append(kind)
+    return tuple(out)
+
+
+def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, prof: VllmProfile,
+            disable_hybrid: bool, kv_cache_dtype: str) -> _Layout:
+    kinds = _effective_kinds(arch, prof, disable_hybrid)
+    if arch.is_mla:
+        # MLA keeps one latent (kv_lora_rank + rope dims) per token, replicated on every TP rank.
+        if kv_cache_dtype == "fp8_ds_mla":
+            per_token = 656  # MLAAttentionSpec: FlashMLA sparse fp8 layout
+        else:
+            per_token = arch.mla_latent_dim * kv_bytes
+    else:
+        # K and V, heads split by TP and replicated when kv_heads < TP (max(1, kv_heads // tp)).
+        heads = max(1, arch.num_kv_heads // tp)
+        per_token = heads * (arch.head_dim + arch.head_dim_v) * kv_bytes
+    n_attn = sum(1 for k in kinds if k != MAMBA)
+    bs = block_size or DEFAULT_BLOCK_SIZE
+    mamba_page = 0
+    if arch.mamba is not None and MAMBA in kinds:
+        mamba_page = arch.mamba.bytes_per_rank(tp, arch.dtype_bytes)
+        if block_size is None and n_attn:
+            # HybridAttentionMambaModelConfig.verify_and_update_config: grow the attention block so
+            # one attention page holds at least one Mamba state, in multiples of the kernel alignment.
+            align = 16
+            attn_block = align * cdiv(mamba_page, align * per_token)
+            bs = max(bs, attn_block)
+        if n_attn:
+            mamba_page = max(mamba_page, bs * per_token)  # Mamba page padded to the attention page
+    page = bs * per_token if n_attn else mamba_page
+    return _Layout(kinds, per_token, mamba_page, bs, page, per_token * n_attn)
+
+
+def _group_layers(kinds: tuple[str, ...], stage: tuple[int, int]) -> tuple[list[tuple[str, int]], int]:
+    """Split layers into KV cache groups (`_get_kv_cache_groups_uniform_page_size`) and project them
+    onto one pipeline stage. Returns [(kind, layers on this stage)] per group and the group count."""
+    by_kind: dict[str, list[int]] = {}
+    for idx, kind in enumerate(kinds):
+        by_kind.setdefault(kind, []).append(idx)
+    lo, hi = stage
+    if len(by_kind) == 1:
+        kind, idxs = next(iter(by_kind.items()))
+        return [(kind, sum(1 for i in idxs if lo <= i < hi))], 1
+    sizes = [len(v) for v in by_kind.values()]
+    group_size = min(sizes)
+    if max(sizes) < min(sizes) * 1.5:
+        group_size = max(sizes)
+    groups: list[tuple[str, int]] = []
+    for kind, idxs in by_kind.items():
+        n_groups = cdiv(len(idxs), group_size)
+        for g in range(n_groups):
+            members = idxs[g::n_groups]
+            groups.append((kind, sum(1 for i in members if lo <= i < hi)))
+    return groups, len(groups)
+
+
+def _blocks_per_request(kind: str, arch: ModelArch, max_model_len: int, block_size: int,
+                        max_num_batched_tokens: int, cp: int) -> int:
+    """`max_memory_usage_bytes` of one layer's spec, in blocks."""
+    if kind in (FULL, MLA, CROSS):
+        length = cdiv(max_model_len, cp) if cp > 1 else max_model_len
+        return cdiv(length, block_size)
+    if kind == SLIDING:
+        assert arch.sliding_window is not None
+        tokens = min(arch.sliding_window - 1 + max_num_batched_tokens, max_model_len)
+        return cdiv(tokens, block_size) + 1
+    if kind == CHUNKED:
+        assert arch.attention_chunk_size is not None
+        return cdiv(min(arch.attention_chunk_size + max_num_batched_tokens, max_model_len), block_size)
+    if kind == MAMBA:
+        return 1  # mamba_cache_mode "none": one state page per request
+    raise AssertionError(kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights and non-KV overhead
+# ---------------------------------------------------------------------------------------------
+
+_QUANT_FLAG_BITS = {"fp8": 8.0, "fbgemm_fp8": 8.0, "awq": 4.25, "awq_marlin": 4.25, "gptq": 4.25,
+                    "gptq_marlin": 4.25, "mxfp4": 4.25, "modelopt_fp4": 4.5, "nvfp4": 4.5,
+                    "bitsandbytes": 4.25, "compressed-tensors": 8.0, "experts_int8": 8.0,
+                    "int8": 8.0, "modelopt": 8.0, "none": 16.0}
+
+
+def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | None) -> int:
+    """Model weights resident on one GPU of the largest pipeline stage.
+
+    Embedding and lm_head stay in the model dtype (vocab-parallel, split by TP); linear layers take the
+    checkpoint's quantization (or the `--quantization` flag's); mxfp4 (gpt-oss) quantizes only the
+    MoE experts. Everything else is split by TP x PP. Verified against "Model loading took X GiB".
+    """
+    method = (quantization or arch.quant_method or "").lower() or None
+    bits = arch.quant_bits if (method and method == arch.quant_method) else None
+    if method and bits is None:
+        if method not in _QUANT_FLAG_BITS:
+            raise InvalidArgument(
+                f"--quantization '{quantization}' is not known to kvcap; known: "
+                f"{', '.join(sorted(_QUANT_FLAG_BITS))}"
+            )
+        bits = _QUANT_FLAG_BITS[method]
+    wb = arch.dtype_bytes
+    embed = arch.embedding_parameters * wb
+    body_params = arch.num_parameters - arch.embedding_parameters
+    if method is None or bits is None or bits >= 16:
+        body = body_params * wb
+    elif method == "mxfp4" and arch.expert_parameters:
+        body = arch.expert_parameters * bits / 8 + (body_params - arch.expert_parameters) * wb
+    else:
+        vision = arch.vision_parameters
+        body = (body_params - vision) * bits / 8 + vision * wb
+    embed_on_stage = embed if pp == 1 else embed / 2
+    return int(body / (tp * pp) + embed_on_stage / tp)
+
+
+@dataclass(frozen=True, slots=True)
+class OverheadModel:
+    """Coefficients of the non-KV memory model for one profiler era (see data/overheads.yaml)."""
+
+    act_const_gib: float
+    act_per_token_hidden: float  # bytes per (token x hidden)
+    act_per_token_ffn: float  # bytes per (token x active FFN width per rank)
+    act_per_seq_vocab: float  # bytes per (sequence x vocab) -- the sampler's logits
+    act_moe_const_gib: float
+    non_torch_gib: dict[int, float]  # by TP size
+    cudagraph_gib: float
+    cudagraph_per_layer_mib: float
+
+
+@cache
+def overhead_models() -> dict[str, OverheadModel]:
+    raw = yaml.safe_load((Path(__file__).parent / "data" / "overheads.yaml").read_text())
+    out = {}
+    for era, c in raw["eras"].items():
+        out[era] = OverheadModel(
+            act_const_gib=float(c["act_const_gib"]),
+            act_per_token_hidden=float(c["act_per_token_hidden"]),
+            act_per_token_ffn=float(c["act_per_token_ffn"]),
+            act_per_seq_vocab=float(c["act_per_seq_vocab"]),
+            act_moe_const_gib=float(c.get("act_moe_const_gib", 0.0)),
+            non_torch_gib={int(k): float(v) for k, v in c["non_torch_gib"].items()},
+            cudagraph_gib=float(c.get("cudagraph_gib", 0.0)),
+            cudagraph_per_layer_mib=float(c.get("cudagraph_per_layer_mib", 0.0)),
+        )
+    return out
+
+
+def _ffn_width(arch: ModelArch) -> int:
+    """Widest FFN activation per token (dense intermediate, or top-k x expert width for MoE)."""
+    if arch.is_moe and arch.num_experts:
+        # experts_per_tok is not in ModelArch; approximate with 8 routed experts of moe width.
+        return max(arch.intermediate_size, 8 * max(arch.intermediate_size // 8, 1))
+    return arch.intermediate_size
+
+
+def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, prof: VllmProfile,
+                   enforce_eager: bool) -> tuple[int, int, int]:
+    """(activation peak, non-torch increase, CUDA graph) bytes on one GPU for vLLM's profile run."""
+    m = overhead_models()[prof.profiler_era]
+    act = (m.act_const_gib * GIB
+           + m.act_per_token_hidden * tokens * arch.hidden_size
+           + m.act_per_token_ffn * tokens * _ffn_width(arch) / tp
+           + m.act_per_seq_vocab * seqs * arch.vocab_size
+           + (m.act_moe_const_gib * GIB if arch.is_moe else 0.0))
+    keys = sorted(m.non_torch_gib)
+    nt_key = max((k for k in keys if k <= tp * pp), default=keys[0])
+    non_torch = m.non_torch_gib[nt_key] * GIB
+    graph = 0.0
+    if prof.subtracts_cudagraph_memory and not enforce_eager:
+        layers_here = cdiv(len(arch.layer_kinds) or 1, pp)
+        graph = m.cudagraph_gib * GIB + m.cudagraph_per_layer_mib * (1 << 20) * layers_here
+    return int(act), int(non_torch), int(graph)
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimate
+# ---------------------------------------------------------------------------------------------
+
+def validate_parallelism(arch: ModelArch, tp: int, pp: int, dcp: int) -> None:
+    """The checks vLLM makes before it loads anything (config/model.py verify_with_parallel_config)."""
+    if tp < 1 or pp < 1 or dcp < 1:
+        raise InvalidArgument("--tensor-parallel-size, --pipeline-parallel-size and "
+                              "--decode-context-parallel-size must be >= 1")
+    if arch.num_attention_heads % tp:
+        valid = [t for t in (1, 2, 4, 8, 16, 32) if arch.num_attention_heads % t == 0]
+        raise InvalidArgument(
+            f"--tensor-parallel-size {tp} must divide the model's {arch.num_attention_heads} attention "
+            f"heads; valid sizes: {', '.join(map(str, valid))}"
+        )
+    n_layers = len(arch.layer_kinds) or 1
+    if pp > n_layers:
+        raise InvalidArgument(f"--pipeline-parallel-size {pp} exceeds the model's {n_layers} layers")
+    if dcp > 1 and tp % dcp:
+        raise InvalidArgument(
+            f"--decode-context-parallel-size {dcp} must divide --tensor-parallel-size {tp}"
+        )
+
+
+def with_dtype(arch: ModelArch, dtype: str) -> ModelArch:
+    """Apply `--dtype`: weights and an 'auto' KV cache take the serving dtype."""
+    if dtype in ("auto", "", None):
+        return arch
+    name = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
+    size = DTYPE_BYTES.get(name)
+    if size is None:
+        raise InvalidArgument(f"--dtype '{dtype}' must be one of auto, bfloat16, float16, float32")
+    return replace(arch, dtype=name, dtype_bytes=size)
+
+
+def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
+    """Predict vLLM's startup memory accounting for one replica."""
+    prof = profile(args.vllm_version)
+    tp, pp, dcp = args.tensor_parallel_size, args.pipeline_parallel_size, args.decode_context_parallel_size
+    validate_parallelism(arch, tp, pp, dcp)
+    util = args.gpu_memory_utilization
+    if util is None:
+        util = prof.default_gpu_memory_utilization
+    if not 0 < util <= 1:
+        raise InvalidArgument(f"--gpu-memory-utilization {util} must be in (0, 1]")
+    max_model_len = args.max_model_len or arch.max_position_embeddings
+    if max_model_len < 1:
+        raise InvalidArgument("--max-model-len must be >= 1")
+    if args.block_size is not None and args.block_size not in (1, 8, 16, 32, 64, 128, 256, 512, 1024):
+        raise InvalidArgument(f"--block-size {args.block_size} must be one of 8, 16, 32, 64, 128 "
+                              f"(or 1, 256, 512, 1024 on some backends)")
+    d_seqs, d_tokens = default_batch_limits(gpu, prof)
+    seqs = args.max_num_seqs or d_seqs
+    tokens = args.max_num_batched_tokens or d_tokens
+    if prof.engine == "V0" and not args.max_num_batched_tokens:
+        tokens = max(max_model_len, 2048) if max_model_len <= 32768 else 2048
+    arch = with_dtype(arch, args.dtype)
+    kv_bytes = kv_dtype_bytes(args.kv_cache_dtype, arch)
+
+    weights = weight_bytes_per_gpu(arch, tp, pp, args.quantization)
+    total = gpu.memory_bytes
+    given = args.kv_cache_memory_bytes is not None
+    if given:
+        assert args.kv_cache_memory_bytes is not None
+        act = non_torch = graph = 0
+        available = args.kv_cache_memory_bytes
+    else:
+        act, non_torch, graph = overhead_bytes(arch, tp, pp, tokens, seqs, prof, args.enforce_eager)
+        available = int(total * util) - weights - act - non_torch - graph
+
+    lay = _layout(arch, tp, kv_bytes, args.block_size, prof, args.disable_hybrid_kv_cache_manager,
+                  args.kv_cache_dtype)
+    bs = lay.block_size
+    stages = pp_layer_split(len(arch.layer_kinds), pp)
+    # The first stage sizes the cache when stages are uneven only if it has the most layers; vLLM takes
+    # the minimum block count over all workers, so evaluate every stage.
+    groups_all = [_group_layers(lay.kinds, st) for st in stages]
+    n_groups = groups_all[0][1]
+    num_blocks = None
+    sizing = groups_all[0][0]
+    for groups, _ in groups_all:
+        gsize = max(n for _, n in groups) or 1
+        blocks = max(int(max(available, 0) // lay.page_bytes // gsize), 0)
+        if num_blocks is None or blocks < num_blocks:
+            num_blocks, sizing = blocks, groups
+    assert num_blocks is not None
+    group_size = max(n for _, n in sizing) or 1
+    kv_groups = tuple(
+        KvGroup(kind, n, _blocks_per_request(kind, arch, max_model_len, bs if kind != MAMBA else bs,
+                                             tokens, dcp))
+        for kind, n in sizing
+    )
+    blocks_per_req = sum(g.blocks_per_request for g in kv_groups)
+    request_bytes = group_size * lay.page_bytes * blocks_per_req
+    state_bytes = sum(g.layers for g in kv_groups if g.kind == MAMBA) * lay.mamba_page
+
+    if prof.engine == "V0":
+        # V0: one block holds block_size tokens of every layer (cache_engine.get_cache_block_size).
+        block_bytes = bs * lay.kv_bytes_per_token * (1 if pp == 1 else 1)
+        stage_layers = max(b - a for a, b in stages)
+        block_bytes = bs * lay.attn_page_per_token * stage_layers
+        num_blocks = max(int(max(available, 0) // block_bytes), 0) if block_bytes else 0
+        kv_tokens = num_blocks * bs
+        concurrency = kv_tokens / max_model_len
+        request_bytes = cdiv(max_model_len, bs) * block_bytes
+        group_size = stage_layers
+    else:
+        kv_tokens = num_blocks // max(n_groups, 1) * bs * dcp
+        concurrency = num_blocks / blocks_per_req if blocks_per_req else 0.0
+
+    fits, reason, est_len = True, "", max_model_len
+    if available <= 0 or num_blocks <= 0:
+        fits = False
+        reason = "No available memory for the cache blocks"
+        est_len = 0
+    elif (prof.engine == "V1" and request_bytes > available) or (
+            prof.engine == "V0" and max_model_len > kv_tokens):
+        fits = False
+        est_len = _max_len_that_fits(arch, lay, sizing, available, tokens, dcp, group_size,
+                                     max_model_len, prof.engine)
+        if prof.engine == "V0":
+            reason = (f"The model's max seq len ({max_model_len}) is larger than the maximum number of "
+                      f"tokens that can be stored in KV cache ({kv_tokens})")
+        else:
+            reason = (f"To serve at least one request with the model's max seq len ({max_model_len}), "
+                      f"({request_bytes / GIB:.2f} GiB KV cache is needed, which is larger than the "
+                      f"available KV cache memory ({available / GIB:.2f} GiB). Based on the available "
+                      f"memory, the estimated maximum model length is {est_len}")
+    return Estimate(
+        model=arch.name, gpu=gpu.name, vllm_version=prof.label, engine=prof.engine,
+        tensor_parallel_size=tp, pipeline_parallel_size=pp, decode_context_parallel_size=dcp,
+        gpus_per_replica=tp * pp, max_model_len=max_model_len, max_num_seqs=seqs,
+        max_num_batched_tokens=tokens, block_size=bs, kv_cache_dtype=args.kv_cache_dtype,
+        kv_dtype_bytes=kv_bytes, gpu_memory_utilization=util, gpu_total_bytes=total,
+        weights_bytes=weights, activation_bytes=act, non_torch_bytes=non_torch, cudagraph_bytes=graph,
+        available_kv_bytes=available, kv_memory_given=given, kv_bytes_per_token=lay.kv_bytes_per_token,
+        page_bytes=lay.page_bytes, group_size=group_size, groups=kv_groups, num_blocks=num_blocks,
+        kv_tokens=kv_tokens, max_concurrency=concurrency, request_kv_bytes=request_bytes,
+        state_bytes_per_request=state_bytes, fits=fits, reason=reason, estimated_max_model_len=est_len,
+    )
+
+
+def _max_len_that_fits(arch: ModelArch, lay: _Layout, sizing: list[tuple[str, int]], available: int,
+                       tokens: int, dcp: int, group_size: int, upper: int, engine: str) -> int:
+    """Binary search, as `_estimate_max_model_len_from_groups` does."""
+    def need(length: int) -> int:
+        if engine == "V0":
+            return cdiv(length, lay.block_size) * lay.block_size * lay.attn_page_per_token * group_size
+        blocks = sum(_blocks_per_request(kind, arch, length, lay.block_size, tokens, dcp)
+                     for kind, _ in sizing)
+        return group_size * lay.page_bytes * blocks
+
+    if need(1) > available:
+        return 0
+    lo, hi, best = 1, upper, 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if need(mid) <= available:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
