@@ -215,7 +215,9 @@ class WorkloadSpec(ApiModel):
 class GpuSpec(ApiModel):
     """Which GPUs the planner may use."""
 
-    products: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(
+    products: Annotated[list[Annotated[str, Field(
+        min_length=1, max_length=128, description="A GPU product name.",
+    )]], Field(
         default_factory=list, max_length=32,
         description="Allowed GPU products: kvcap catalog names ('H100-80GB', 'L40S') or "
         "`nvidia.com/gpu.product` label values ('NVIDIA-H100-80GB-HBM3'). Empty: every product "
@@ -293,7 +295,9 @@ class VllmSpec(ApiModel):
         strict=True, default=None, ge=1, le=65_536,
         description="Cap on `--max-num-seqs`. Default: planned from the KV budget.",
     )] = None
-    extra_args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(
+    extra_args: Annotated[list[Annotated[str, Field(
+        max_length=4096, description="One argument ('--enable-chunked-prefill', '--seed=0').",
+    )]], Field(
         default_factory=list, max_length=128,
         description="Extra `vllm serve` arguments, appended verbatim. Flags kvcap plans "
         "(`--tensor-parallel-size`, `--max-model-len`, ...) must not appear: use the matching "
