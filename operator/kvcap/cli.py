@@ -1,0 +1,395 @@
+"""`kvcap` command line: estimate, plan, models, gpus, run.
+
+Flags for `estimate` are spelled as `vllm serve` spells them, so users paste their own.
+Exit codes: 0 success (and `fits`/`feasible`), 1 the launch would not fit / no feasible plan,
+2 bad input (unknown model, malformed config, impossible flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kvcap import __version__, catalog
+from kvcap.catalog import GIB
+from kvcap.errors import KvcapError
+from kvcap.loader import load_model
+from kvcap.memory import KV_DTYPES, Estimate, ServeArgs, estimate
+from kvcap.plan_types import CapacityPlan
+
+EXIT_OK, EXIT_UNFIT, EXIT_INPUT = 0, 1, 2
+
+
+class UsageError(KvcapError):
+    reason = "InvalidArgument"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value} (e.g. 0.9 for 90%%)")
+    return value
+
+
+def _bytes(text: str) -> int:
+    from kvcap.models import parse_quantity
+    try:
+        value = parse_quantity(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvcap", description="Size and run vLLM model servers from the KV-cache budget.")
+    parser.add_argument("--version", action="version", version=f"kvcap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    est = sub.add_parser("estimate", help="predict vLLM's KV cache for one launch",
+                         description="Predict what `vllm serve` prints at startup: available KV "
+                         "memory, GPU KV cache size (tokens), maximum concurrency, or its refusal.")
+    est.add_argument("model", metavar="MODEL",
+                     help="HF id or catalog alias, a config.json, or a directory holding one")
+    est.add_argument("--gpu", default="H100-80GB",
+                     help="GPU name or nvidia.com/gpu.product value (default H100-80GB)")
+    est.add_argument("--gpu-memory-gib", type=_positive_float,
+                     help="GPU memory as the CUDA runtime reports it, for a GPU the catalog lacks")
+    est.add_argument("--tensor-parallel-size", "-tp", type=_positive_int, default=1)
+    est.add_argument("--pipeline-parallel-size", "-pp", type=_positive_int, default=1)
+    est.add_argument("--decode-context-parallel-size", "-dcp", type=_positive_int, default=1)
+    est.add_argument("--gpu-memory-utilization", type=_fraction)
+    est.add_argument("--max-model-len", type=_positive_int)
+    est.add_argument("--max-num-seqs", type=_positive_int)
+    est.add_argument("--max-num-batched-tokens", type=_positive_int)
+    est.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES)
+    est.add_argument("--block-size", type=_positive_int)
+    est.add_argument("--quantization", "-q")
+    est.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32",
+                                                         "half", "float"))
+    est.add_argument("--kv-cache-memory-bytes", type=_bytes,
+                     help="per-GPU KV cache size (skips profiling, as in vLLM); accepts 20Gi etc.")
+    est.add_argument("--enforce-eager", action="store_true")
+    est.add_argument("--disable-hybrid-kv-cache-manager", action="store_true")
+    est.add_argument("--vllm-version", help="vLLM version whose accounting to follow (default 0.11.0)")
+    _hub_flags(est)
+    est.add_argument("--output", "-o", choices=("table", "json"), default="table")
+
+    plan = sub.add_parser("plan", help="plan GPUs, TP and replicas for a ModelDeployment",
+                          description="Read a ModelDeployment manifest and print the plan the "
+                          "operator would apply.")
+    plan.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-' for stdin)")
+    plan.add_argument("--config", help="config.json to use instead of the catalog")
+    _hub_flags(plan)
+    plan.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+
+    models = sub.add_parser("models", help="list the built-in model catalog")
+    models.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    gpus = sub.add_parser("gpus", help="list the built-in GPU catalog")
+    gpus.add_argument("--output", "-o", choices=("table", "json"), default="table")
+
+    run = sub.add_parser("run", help="run the operator (kopf)")
+    run.add_argument("--namespace", "-n", action="append", dest="namespaces",
+                     help="watch only this namespace (repeatable); default: all")
+    run.add_argument("--liveness", default=None,
+                     help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def _hub_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hf-hub", action="store_true",
+                   help="fetch config.json from the Hugging Face Hub when MODEL is not in the catalog")
+    p.add_argument("--hf-token", help="Hugging Face token (default $HF_TOKEN)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _gib(b: float) -> str:
+    return f"{b / GIB:.2f} GiB"
+
+
+def render_estimate(est: Estimate) -> str:
+    kvt = est.kv_bytes_per_token
+    lines = [
+        f"model            {est.model}",
+        f"gpu              {est.gpu} ({_gib(est.gpu_total_bytes)} as CUDA reports it) x "
+        f"{est.gpus_per_replica} (TP {est.tensor_parallel_size}, PP {est.pipeline_parallel_size}"
+        + (f", DCP {est.decode_context_parallel_size}" if est.decode_context_parallel_size > 1 else "")
+        + ")",
+        f"vllm             {est.vllm_version} ({est.engine} engine)",
+        "",
+        "memory per GPU",
+    ]
+    if est.kv_memory_given:
+        lines.append(f"  KV cache (--kv-cache-memory-bytes)      {_gib(est.available_kv_bytes):>12}")
+    else:
+        usable = int(est.gpu_total_bytes * est.gpu_memory_utilization)
+        lines += [
+            f"  total x utilization {est.gpu_memory_utilization:.2f}          "
+            f"{_gib(usable):>12}",
+            f"  - weights                               {_gib(est.weights_bytes):>12}",
+            f"  - activation peak (profile run of {est.max_num_batched_tokens} tokens)"
+            f" {_gib(est.activation_bytes):>9}",
+            f"  - non-torch (NCCL, cuBLAS, ...)          {_gib(est.non_torch_bytes):>12}",
+        ]
+        if est.cudagraph_bytes:
+            lines.append(f"  - CUDA graphs                           {_gib(est.cudagraph_bytes):>12}")
+        lines.append(f"  = available KV cache memory             {_gib(est.available_kv_bytes):>12}")
+    lines += [
+        "",
+        "KV cache",
+        f"  bytes per token per GPU                 {kvt:>12,}  ({est.kv_cache_dtype} KV, "
+        f"{est.kv_dtype_bytes} byte(s) per value)",
+        f"  page (one block, one layer)             {est.page_bytes:>12,}  (block size {est.block_size})",
+        f"  KV cache groups                         {len(est.groups):>12}  ("
+        + ", ".join(f"{g.kind} x{g.layers}" for g in est.groups) + ")",
+        f"  blocks = available // page // {est.group_size:<4}    {est.num_blocks:>12,}",
+        f"  GPU KV cache size                       {est.kv_tokens:>12,} tokens",
+        f"  one {est.max_model_len:,}-token request needs        {_gib(est.request_kv_bytes):>12}",
+        f"  maximum concurrency at {est.max_model_len:,} tokens   {est.max_concurrency:>11.2f}x",
+        "",
+    ]
+    if est.fits:
+        lines.append(f"fits: yes (max-num-seqs {est.max_num_seqs}, max-num-batched-tokens "
+                     f"{est.max_num_batched_tokens})")
+    else:
+        lines.append(f"fits: NO — vLLM would refuse to start: {est.reason}")
+    return "\n".join(lines)
+
+
+def suggest_fix(arch: Any, gpu: Any, args: ServeArgs, est: Estimate) -> str:
+    """What would fit: larger TP, fp8 KV, a shorter max-model-len."""
+    from dataclasses import replace
+    hints = []
+    for tp in (2, 4, 8):
+        if tp <= args.tensor_parallel_size or arch.num_attention_heads % tp:
+            continue
+        try:
+            if estimate(arch, gpu, replace(args, tensor_parallel_size=tp)).fits:
+                hints.append(f"--tensor-parallel-size >= {tp}")
+                break
+        except KvcapError:
+            continue
+    if args.kv_cache_dtype == "auto" and not arch.is_mla or (arch.is_mla and args.kv_cache_dtype == "auto"):
+        try:
+            if estimate(arch, gpu, replace(args, kv_cache_dtype="fp8")).fits:
+                hints.append("--kv-cache-dtype fp8")
+        except KvcapError:
+            pass
+    if est.estimated_max_model_len > 0:
+        hints.append(f"--max-model-len <= {est.estimated_max_model_len}")
+    if not hints:
+        hints.append("a GPU with more memory, or --pipeline-parallel-size >= 2")
+    return "needs " + " or ".join(hints)
+
+
+def cmd_estimate(ns: argparse.Namespace) -> int:
+    arch = load_model(ns.model, hub=ns.hf_hub, token=ns.hf_token, revision=ns.revision)
+    gpu = catalog.get_gpu(ns.gpu, ns.gpu_memory_gib)
+    args = ServeArgs(
+        tensor_parallel_size=ns.tensor_parallel_size,
+        pipeline_parallel_size=ns.pipeline_parallel_size,
+        decode_context_parallel_size=ns.decode_context_parallel_size,
+        gpu_memory_utilization=ns.gpu_memory_utilization,
+        max_model_len=ns.max_model_len,
+        max_num_seqs=ns.max_num_seqs,
+        max_num_batched_tokens=ns.max_num_batched_tokens,
+        kv_cache_dtype=ns.kv_cache_dtype,
+        block_size=ns.block_size,
+        quantization=ns.quantization,
+        kv_cache_memory_bytes=ns.kv_cache_memory_bytes,
+        vllm_version=ns.vllm_version,
+        enforce_eager=ns.enforce_eager,
+        disable_hybrid_kv_cache_manager=ns.disable_hybrid_kv_cache_manager,
+        dtype=ns.dtype,
+    )
+    est = estimate(arch, gpu, args)
+    result = est.to_dict()
+    if not est.fits:
+        result["vllm_error"] = est.reason
+        result["reason"] = f"{est.reason.split('. ')[0]}; {suggest_fix(arch, gpu, args, est)}"
+    if ns.output == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_estimate(est))
+        if not est.fits:
+            print(f"what would fit: {suggest_fix(arch, gpu, args, est)}")
+    return EXIT_OK if est.fits else EXIT_UNFIT
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read '{path}': {err.strerror}") from err
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        raise UsageError(f"'{path}' is not valid YAML: {err}") from err
+    mdeps = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ModelDeployment"]
+    if not mdeps:
+        raise UsageError(f"'{path}' holds no ModelDeployment (kind: ModelDeployment, apiVersion: "
+                         f"kvcap.io/v1alpha1)")
+    if len(mdeps) > 1:
+        raise UsageError(f"'{path}' holds {len(mdeps)} ModelDeployments; plan one at a time")
+    return mdeps[0]
+
+
+def _validation_message(err: ValidationError, path: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"`{loc}`: {e['msg']}")
+    return f"'{path}' is not a valid ModelDeployment: " + "; ".join(parts)
+
+
+def render_plan(plan: CapacityPlan) -> str:
+    if not plan.feasible:
+        return f"model  {plan.model}\nfeasible: NO — {plan.message}"
+    lines = [
+        f"model            {plan.model}",
+        f"plan             {plan.total_gpus} GPUs (lower bound {plan.lower_bound_gpus}: all KV + one "
+        f"copy of the weights over usable memory)",
+        f"pools            {plan.split_decision}",
+        "",
+    ]
+    header = ("POOL", "GPU", "TP", "PP", "REPLICAS", "GPUS", "MAX-MODEL-LEN", "MAX-NUM-SEQS",
+              "KV-TOKENS/REPLICA", "KV/GPU", "HEADROOM")
+    rows = [header]
+    for p in plan.pools:
+        rows.append((p.name, p.gpu_product, str(p.tensor_parallel_size), str(p.pipeline_parallel_size),
+                     str(p.replicas), str(p.total_gpus), f"{p.max_model_len:,}", str(p.max_num_seqs),
+                     f"{p.kv_tokens_per_replica:,}", _gib(p.kv_bytes_per_gpu),
+                     f"{p.headroom_percent:.0f}%"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append("")
+    for p in plan.pools:
+        lines.append(f"{p.name} pool: requests {p.min_context_tokens + 1 if p.min_context_tokens else 1}"
+                     f"–{p.max_model_len:,} tokens, {p.target_concurrency} concurrent, "
+                     f"{p.concurrency_per_replica:.1f} per replica")
+        lines.append("  vllm serve " + " ".join(p.vllm_args))
+        for note in p.notes:
+            lines.append(f"  note: {note}")
+    if plan.alternatives:
+        lines += ["", "runner-up plans"]
+        for alt in plan.alternatives:
+            lines.append(f"  {alt.summary}: {alt.why_not}")
+    for warning in plan.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    from kvcap.hfhub import fetch_config
+    from kvcap.loader import read_config_file
+    from kvcap.models import parse_manifest
+    from kvcap.planner import plan_deployment
+
+    doc = _read_manifest(ns.filename)
+    try:
+        manifest = parse_manifest(doc)
+    except ValidationError as err:
+        raise UsageError(_validation_message(err, ns.filename)) from None
+    spec = manifest.spec
+    config = None
+    if ns.config:
+        config = read_config_file(Path(ns.config))
+    elif ns.hf_hub and catalog.find_model(spec.model.name) is None:
+        config = fetch_config(spec.model.name, token=ns.hf_token, revision=ns.revision or
+                              spec.model.revision)
+    plan = plan_deployment(spec, config=config)
+    data = plan.to_dict()
+    data["name"] = manifest.metadata.name
+    if ns.output == "json":
+        print(json.dumps(data, indent=2))
+    elif ns.output == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        print(render_plan(plan))
+    return EXIT_OK if plan.feasible else EXIT_UNFIT
+
+
+def cmd_models(ns: argparse.Namespace) -> int:
+    from kvcap.loader import _catalog_arch
+    rows = []
+    for model_id in catalog.model_ids():
+        arch = _catalog_arch(model_id)
+        rows.append({"id": model_id, "params_b": round(arch.num_parameters / 1e9, 2),
+                     "layers": len(arch.layer_kinds), "kv_heads": arch.num_kv_heads,
+                     "head_dim": arch.head_dim, "kinds": arch.kind_counts,
+                     "quantization": arch.quant_method})
+    if ns.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            kinds = ",".join(f"{k}:{v}" for k, v in r["kinds"].items())
+            print(f"{r['id']:<55} {r['params_b']:>8}B  layers={r['layers']:<3} kv_heads={r['kv_heads']:<3}"
+                  f" head_dim={r['head_dim']:<4} {kinds} {r['quantization'] or ''}")
+    return EXIT_OK
+
+
+def cmd_gpus(ns: argparse.Namespace) -> int:
+    rows = [{"name": g.name, "memory_gib": round(g.memory_gib, 2), "bandwidth_gbps": g.bandwidth_gbps,
+             "product_labels": list(g.product_labels)} for g in catalog.all_gpus()]
+    if ns.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['memory_gib']:>8} GiB  {r['bandwidth_gbps']:>7.0f} GB/s  "
+                  f"{', '.join(r['product_labels'])}")
+    return EXIT_OK
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from kvcap.runner import run
+    return run(namespaces=ns.namespaces, liveness_endpoint=ns.liveness, verbose=ns.verbose)
+
+
+COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "models": cmd_models, "gpus": cmd_gpus,
+            "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return COMMANDS[ns.command](ns)
+    except KvcapError as err:
+        print(f"kvcap {ns.command}: error: {err.message}", file=sys.stderr)
+        return EXIT_INPUT
