@@ -1,0 +1,75 @@
+# kvcap — self-documenting Makefile (`make help`).
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST := $(BIN)/pytest
+EXAMPLE ?= examples/llama-3.1-8b.yaml
+
+.DEFAULT_GOAL := help
+
+##@ General
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+$(BIN)/kvcap: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e . pytest pytest-asyncio pytest-timeout hypothesis kubernetes-validate ruff
+	@touch $@
+
+.PHONY: setup
+setup: $(BIN)/kvcap ## Create .venv and install kvcap with its test tools
+
+.PHONY: demo
+demo: setup ## Plan the shipped example offline (kvcap plan -f $(EXAMPLE))
+	$(BIN)/kvcap plan -f $(EXAMPLE)
+
+.PHONY: lint
+lint: setup ## Run ruff
+	$(BIN)/ruff check operator tests benchmarks
+
+.PHONY: test-unit
+test-unit: setup ## Unit tests (no cluster, no network)
+	$(PYTEST) tests/unit -q
+
+.PHONY: k8s-binaries
+k8s-binaries: ## Build and cache kube-apiserver, controller-manager, scheduler, etcd, kwok (Go)
+	hack/build-k8s.sh >/dev/null
+
+.PHONY: test-integration
+test-integration: setup k8s-binaries ## Integration + e2e tests on a real control plane (etcd, apiserver, scheduler, kwok)
+	$(PYTEST) tests/integration -q
+
+.PHONY: test
+test: setup k8s-binaries ## All tests: unit, then integration on the real control plane
+	$(PYTEST) tests -q
+
+.PHONY: crds-check
+crds-check: setup ## pydantic <-> CRD and chart-copy checks
+	$(PYTEST) tests/unit/test_crd_matches_models.py -q
+
+##@ Benchmarks
+.PHONY: bench
+bench: setup ## Estimator accuracy vs vLLM logs and peers; planner speed
+	$(BIN)/python benchmarks/estimator_accuracy.py
+	$(BIN)/python benchmarks/plan_speed.py
+
+##@ Deployment
+.PHONY: helm-lint
+helm-lint: setup ## helm lint + template + schema validation
+	hack/helm-check.sh
+
+.PHONY: manifests
+manifests: ## Render manifests/ from the Helm chart
+	hack/render-manifests.sh
+
+.PHONY: sandbox
+sandbox: setup k8s-binaries ## Local control plane with fake GPU nodes + the operator + an example
+	hack/sandbox.sh up
+
+.PHONY: sandbox-down
+sandbox-down: ## Stop every process `make sandbox` started
+	hack/sandbox.sh down
