@@ -20,12 +20,13 @@ from kvcap import GROUP, KIND, VERSION
 
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Longest ModelDeployment name. Children are named `<name>` and `<name>-long` (one per pool); a
-# multi-node pool is a LeaderWorkerSet whose worker StatefulSets are `<lws>-<group index>` (index
-# below 10000, the bound of `autoscaling.maxReplicas`), and a StatefulSet stamps
-# `controller-revision-hash: <sts>-<hash of up to 10 characters>` on its pods, a label value of at
-# most 63 characters:  42 (name) + 5 ('-long') + 5 ('-9999') + 11 ('-' + hash) = 63.
-MAX_NAME_LENGTH = 42
+# Longest ModelDeployment name. Children are named `<name>-<pool>`, the longest being
+# `<name>-default`; a multi-node pool is a LeaderWorkerSet whose worker StatefulSets are
+# `<lws>-<group index>` (index below 10000, the bound of `autoscaling.maxReplicas`), and a
+# StatefulSet stamps `controller-revision-hash: <sts>-<hash of up to 10 characters>` on its pods, a
+# label value of at most 63 characters:
+#   39 (name) + 8 ('-default') + 5 ('-9999') + 11 ('-' + hash) = 63.
+MAX_NAME_LENGTH = 39
 # Services need RFC 1035 labels (first character a letter), and children reuse the name.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
