@@ -66,6 +66,8 @@ class ModelArch:
     quant_bits: float | None  # weight bits for quantized linear layers
     vision_parameters: int
     is_moe: bool
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
 
     @property
     def num_attention_layers(self) -> int:
@@ -104,12 +106,28 @@ def _require_int(cfg: dict[str, Any], where: str, *names: str) -> int:
     return value
 
 
+# Defaults of the transformers config classes, for configs that omit fields (HF `to_diff_dict` drops
+# values equal to the class default). Source: transformers/models/<family>/configuration_<family>.py.
+MODEL_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": {"vocab_size": 262_208, "num_attention_heads": 8, "num_key_value_heads": 4,
+                    "head_dim": 256, "max_position_embeddings": 131_072, "sliding_window": 4096,
+                    "sliding_window_pattern": 6},
+    "gemma2": {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+               "sliding_window": 4096, "vocab_size": 256_000},
+    "mistral": {"vocab_size": 32000, "num_key_value_heads": 8},
+}
+
+
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The language-model part of a (possibly multimodal) config, with top-level dtype/quant kept."""
+    """The language-model part of a (possibly multimodal) config, with top-level dtype/quant kept and
+    the transformers class defaults filled in."""
     inner = config.get("text_config") or config.get("llm_config") or config.get("language_config")
     if not isinstance(inner, dict):
-        return config
-    merged = dict(inner)
+        defaults = MODEL_TYPE_DEFAULTS.get(str(config.get("model_type")))
+        return {**defaults, **config} if defaults else config
+    if "model_type" not in inner and config.get("model_type") == "gemma3":
+        inner = {**inner, "model_type": "gemma3_text"}
+    merged = {**MODEL_TYPE_DEFAULTS.get(str(inner.get("model_type")), {}), **inner}
     for key in ("torch_dtype", "dtype", "quantization_config", "tie_word_embeddings"):
         if key not in merged and key in config:
             merged[key] = config[key]
@@ -417,4 +435,8 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
         quant_bits=quant_bits,
         vision_parameters=int(vision),
         is_moe=is_moe,
+        experts_per_token=int(_get(cfg, "num_experts_per_tok", "moe_topk", "num_experts_per_token",
+                                   "top_k", default=0) or 0) if is_moe else 0,
+        moe_intermediate_size=int(_get(cfg, "moe_intermediate_size", "expert_intermediate_size",
+                                       "intermediate_size", default=0) or 0) if is_moe else 0,
     )

@@ -310,7 +310,8 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     if method is None or bits is None or bits >= 16:
         body = body_params * wb
     elif method == "mxfp4" and arch.expert_parameters:
-        body = arch.expert_parameters * bits / 8 + (body_params - arch.expert_parameters) * wb
+        pad = overhead_models()["v1"].mxfp4_expert_factor
+        body = arch.expert_parameters * bits / 8 * pad + (body_params - arch.expert_parameters) * wb
     else:
         vision = arch.vision_parameters
         body = (body_params - vision) * bits / 8 + vision * wb
@@ -323,13 +324,15 @@ class OverheadModel:
     """Coefficients of the non-KV memory model for one profiler era (see data/overheads.yaml)."""
 
     act_const_gib: float
-    act_per_token_hidden: float  # bytes per (token x hidden)
-    act_per_token_ffn: float  # bytes per (token x active FFN width per rank)
-    act_per_seq_vocab: float  # bytes per (sequence x vocab) -- the sampler's logits
-    act_moe_const_gib: float
+    act_per_token_hidden: float  # bytes per (profiled token x hidden size)
+    act_per_seq_vocab: float  # bytes per (sampled sequence x vocab) -- the sampler's dummy batch
+    act_per_token_moe: float  # bytes per (token x experts per token x expert width / TP)
+    act_moe_const_gib: float  # fixed extra for MoE models
     non_torch_gib: dict[int, float]  # by TP size
+    non_torch_pp_only_gib: float  # TP 1 with pipeline parallelism
     cudagraph_gib: float
     cudagraph_per_layer_mib: float
+    mxfp4_expert_factor: float  # vLLM pads mxfp4 expert tensors for its kernels
 
 
 @cache
@@ -340,36 +343,44 @@ def overhead_models() -> dict[str, OverheadModel]:
         out[era] = OverheadModel(
             act_const_gib=float(c["act_const_gib"]),
             act_per_token_hidden=float(c["act_per_token_hidden"]),
-            act_per_token_ffn=float(c["act_per_token_ffn"]),
             act_per_seq_vocab=float(c["act_per_seq_vocab"]),
+            act_per_token_moe=float(c.get("act_per_token_moe", 0.0)),
             act_moe_const_gib=float(c.get("act_moe_const_gib", 0.0)),
             non_torch_gib={int(k): float(v) for k, v in c["non_torch_gib"].items()},
+            non_torch_pp_only_gib=float(c.get("non_torch_pp_only_gib", 0.1)),
             cudagraph_gib=float(c.get("cudagraph_gib", 0.0)),
             cudagraph_per_layer_mib=float(c.get("cudagraph_per_layer_mib", 0.0)),
+            mxfp4_expert_factor=float(c.get("mxfp4_expert_factor", 1.0)),
         )
     return out
 
 
-def _ffn_width(arch: ModelArch) -> int:
-    """Widest FFN activation per token (dense intermediate, or top-k x expert width for MoE)."""
-    if arch.is_moe and arch.num_experts:
-        # experts_per_tok is not in ModelArch; approximate with 8 routed experts of moe width.
-        return max(arch.intermediate_size, 8 * max(arch.intermediate_size // 8, 1))
-    return arch.intermediate_size
-
-
 def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, prof: VllmProfile,
                    enforce_eager: bool) -> tuple[int, int, int]:
-    """(activation peak, non-torch increase, CUDA graph) bytes on one GPU for vLLM's profile run."""
+    """(activation peak, non-torch increase, CUDA graph) bytes on one GPU for vLLM's profile run.
+
+    The activation peak of V1 is dominated by the sampler's dummy batch (max_num_seqs x vocab logits,
+    gathered in full on every rank, so not divided by TP) plus hidden states of the profiled tokens and,
+    for MoE, the routed experts' intermediate activations. With pipeline parallelism only the last
+    stage samples; vLLM sizes the cache by the minimum over stages, so the last stage counts.
+    """
     m = overhead_models()[prof.profiler_era]
+    dtype_scale = arch.dtype_bytes / 2
     act = (m.act_const_gib * GIB
-           + m.act_per_token_hidden * tokens * arch.hidden_size
-           + m.act_per_token_ffn * tokens * _ffn_width(arch) / tp
-           + m.act_per_seq_vocab * seqs * arch.vocab_size
-           + (m.act_moe_const_gib * GIB if arch.is_moe else 0.0))
-    keys = sorted(m.non_torch_gib)
-    nt_key = max((k for k in keys if k <= tp * pp), default=keys[0])
-    non_torch = m.non_torch_gib[nt_key] * GIB
+           + m.act_per_token_hidden * tokens * arch.hidden_size * dtype_scale
+           + m.act_per_seq_vocab * seqs * arch.vocab_size)
+    if arch.is_moe:
+        act += m.act_moe_const_gib * GIB
+    if arch.is_moe and arch.experts_per_token:
+        act += m.act_per_token_moe * tokens * arch.experts_per_token * arch.moe_intermediate_size / tp
+    if tp > 1:
+        keys = sorted(m.non_torch_gib)
+        nt_key = max((k for k in keys if k <= tp), default=keys[0])
+        non_torch = m.non_torch_gib[nt_key] * GIB
+    elif pp > 1:
+        non_torch = m.non_torch_pp_only_gib * GIB
+    else:
+        non_torch = m.non_torch_gib[1] * GIB
     graph = 0.0
     if prof.subtracts_cudagraph_memory and not enforce_eager:
         layers_here = cdiv(len(arch.layer_kinds) or 1, pp)
