@@ -1,0 +1,290 @@
+"""A thin async Kubernetes REST client: server-side apply, get/list/delete, discovery, nodes.
+
+Credentials come from the `kubernetes` package's config loaders (in-cluster service account, else
+$KUBECONFIG / ~/.kube/config), the same way kopf logs in; requests go through aiohttp (a kopf
+dependency), so nothing here blocks the event loop. Only the handful of calls the operator makes are
+here — no generated client, no informers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from kvcap import constants as kc
+
+# (apiVersion, kind) -> plural, for every kind the operator touches.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Node"): "nodes",
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+}
+for _api in (
+    kc.SERVICE_MONITOR_API,
+    kc.LEADER_WORKER_SET_API,
+    kc.INFERENCE_POOL_API_V1,
+    kc.INFERENCE_POOL_API_V1ALPHA2,
+):
+    PLURALS[(f"{_api[0]}/{_api[1]}", _api[3])] = _api[2]
+
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """A non-2xx answer (or a connection failure, status 0) from the API server."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying unchanged: throttling, conflicts, server errors, network failures."""
+        return self.status == 0 or self.status in TRANSIENT_STATUSES
+
+
+def plural_for(api_version: str, kind: str) -> str:
+    try:
+        return PLURALS[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"kvcap does not know the resource of {api_version} {kind}") from None
+
+
+def resource_path(
+    api_version: str,
+    plural: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    parts = [base]
+    if namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _load_configuration() -> k8s_client.Configuration:
+    cfg = k8s_client.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=cfg)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=cfg)
+    return cfg
+
+
+def _ssl_context(cfg: k8s_client.Configuration) -> ssl.SSLContext | bool:
+    if not cfg.verify_ssl:
+        return False
+    context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+    if cfg.cert_file:
+        context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return context
+
+
+class Kube:
+    """One aiohttp session against one API server."""
+
+    def __init__(
+        self, cfg: k8s_client.Configuration, *, discovery_ttl: float = 60.0, timeout: float = 30.0
+    ) -> None:
+        self._cfg = cfg
+        self._host = cfg.host.rstrip("/")
+        self._discovery_ttl = discovery_ttl
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
+
+    @classmethod
+    def from_environment(cls, *, discovery_ttl: float = 60.0) -> Kube:
+        return cls(_load_configuration(), discovery_ttl=discovery_ttl)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "kvcap-operator"}
+        token = self._cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+        if token:
+            headers["Authorization"] = token if " " in token else f"Bearer {token}"
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=_ssl_context(self._cfg), limit=16)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        headers = self._headers()
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        try:
+            async with self._session.request(
+                method, self._host + path, params=params, data=data, headers=headers
+            ) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    try:
+                        payload = json.loads(text)
+                    except ValueError:
+                        payload = {}
+                    raise ApiError(
+                        response.status,
+                        str(payload.get("reason") or response.reason),
+                        str(payload.get("message") or text[:500]),
+                    )
+                return json.loads(text) if text else {}
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise ApiError(0, "ConnectionFailed", f"{method} {path}: {err!r}") from err
+
+    # --- objects ---
+
+    async def get(
+        self, api_version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", resource_path(api_version, plural, namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def list(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector(labels)} if labels else None
+        result = await self._request(
+            "GET", resource_path(api_version, plural, namespace), params=params
+        )
+        items: list[dict[str, Any]] = result.get("items") or []
+        kind = result.get("kind", "").removesuffix("List")
+        for item in items:  # list items lack apiVersion/kind
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with field manager 'kvcap', force=true."""
+        meta = obj["metadata"]
+        path = resource_path(
+            obj["apiVersion"],
+            plural_for(obj["apiVersion"], obj["kind"]),
+            meta.get("namespace"),
+            meta["name"],
+        )
+        return await self._request(
+            "PATCH",
+            path,
+            params={"fieldManager": kc.FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def delete(
+        self, api_version: str, plural: str, namespace: str, name: str, *, uid: str
+    ) -> bool:
+        """Delete `name` only if it still has `uid` (so a re-created object is never hit)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": uid},
+        }
+        try:
+            await self._request(
+                "DELETE", resource_path(api_version, plural, namespace, name), body=body
+            )
+        except ApiError as err:
+            if err.status in (404, 409):  # gone, or replaced by another object of that name
+                return False
+            raise
+        return True
+
+    async def patch_status(
+        self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            resource_path(api_version, plural, namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        """A ConfigMap's or Secret's key as text; None when the object or the key is missing."""
+        obj = await self.get("v1", plural_for("v1", kind), namespace, name)
+        if obj is None:
+            return None
+        if kind == "Secret":
+            raw = (obj.get("data") or {}).get(key)
+            return None if raw is None else base64.b64decode(raw).decode()
+        value = (obj.get("data") or {}).get(key)
+        if value is None and key in (obj.get("binaryData") or {}):
+            value = base64.b64decode(obj["binaryData"][key]).decode()
+        return value  # type: ignore[no-any-return]
+
+    # --- discovery ---
+
+    async def api_resources(self, group: str, version: str) -> frozenset[str] | None:
+        """Plurals served by `group/version` (None when the group version is not served), cached."""
+        key = f"{group}/{version}"
+        cached = self._discovery.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self._discovery_ttl:
+            return cached[1]
+        try:
+            result = await self._request("GET", f"/apis/{key}")
+            plurals: frozenset[str] | None = frozenset(
+                r["name"] for r in result.get("resources") or () if "/" not in r["name"]
+            )
+        except ApiError as err:
+            if err.status not in (403, 404, 503):
+                raise
+            plurals = None
+        self._discovery[key] = (time.monotonic(), plurals)
+        return plurals
+
+    async def has_resource(self, group: str, version: str, plural: str) -> bool:
+        plurals = await self.api_resources(group, version)
+        return plurals is not None and plural in plurals
+
+    # --- nodes and pods ---
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return await self.list("v1", "nodes", None)

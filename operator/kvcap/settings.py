@@ -1,0 +1,113 @@
+"""Operator settings, read once from the environment (the Helm chart sets them).
+
+`parse_settings(env)` is pure so tests can build settings from a dict; `load_settings()` reads
+`os.environ`. Every variable starts with `KVCAP_`:
+
+| variable | default | meaning |
+|---|---|---|
+| KVCAP_NAMESPACES | "" (cluster-wide) | comma-separated namespaces (kopf globs allowed) to watch |
+| KVCAP_LIVENESS_ENDPOINT | "" (off) | e.g. `http://0.0.0.0:8080/healthz` |
+| KVCAP_PROMETHEUS_URL | http://prometheus-operated.monitoring.svc:9090 | default Prometheus |
+| KVCAP_RESYNC_SECONDS | 30 | interval (and idle time) of the level-based resync timer |
+| KVCAP_RETRY_DELAY_SECONDS | 15 | delay of kopf.TemporaryError on transient API errors |
+| KVCAP_DISCOVERY_TTL_SECONDS | 60 | how long optional-CRD discovery results are cached |
+| KVCAP_EXTRA_TOLERATIONS | [] | JSON list of extra pod tolerations for every vLLM pod |
+| KVCAP_NODE_INVENTORY | Enabled | 'Disabled' skips reading Nodes (no cluster-aware planning) |
+| KVCAP_STARTUP_TIMEOUT_SECONDS | 1800 | how long a vLLM pod may take to load its model |
+| KVCAP_EPP_SERVICE_SUFFIX | -epp | InferencePool `endpointPickerRef` = `<name><suffix>` |
+| KVCAP_EPP_PORT | 9002 | port of that endpoint picker Service (GIE default ext-proc port) |
+| KVCAP_HF_ENDPOINT | "" | Hugging Face Hub endpoint for config.json fetches (mirror) |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the operator cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    liveness_endpoint: str | None = None
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    resync_seconds: float = 30.0
+    retry_delay_seconds: float = 15.0
+    discovery_ttl_seconds: float = 60.0
+    extra_tolerations: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    node_inventory: bool = True
+    startup_timeout_seconds: int = 1800
+    epp_service_suffix: str = "-epp"
+    epp_port: int = 9002
+    hf_endpoint: str | None = None
+
+
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be a number, got '{raw}'") from None
+    if value < minimum:
+        raise SettingsError(f"{key} must be at least {minimum}, got '{raw}'")
+    return value
+
+
+def _tolerations(raw: str) -> tuple[dict[str, Any], ...]:
+    if not raw.strip():
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise SettingsError(f"KVCAP_EXTRA_TOLERATIONS must be a JSON list: {err}") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise SettingsError("KVCAP_EXTRA_TOLERATIONS must be a JSON list of toleration objects")
+    allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+    for tol in value:
+        unknown = set(tol) - allowed
+        if unknown:
+            raise SettingsError(
+                f"KVCAP_EXTRA_TOLERATIONS has unknown toleration field(s) {sorted(unknown)}"
+            )
+    return tuple(value)
+
+
+def parse_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from environment variables (pure)."""
+    namespaces = tuple(
+        ns.strip() for ns in env.get("KVCAP_NAMESPACES", "").split(",") if ns.strip()
+    )
+    inventory = env.get("KVCAP_NODE_INVENTORY", "Enabled").strip() or "Enabled"
+    if inventory not in ("Enabled", "Disabled"):
+        raise SettingsError(
+            f"KVCAP_NODE_INVENTORY must be 'Enabled' or 'Disabled', got '{inventory}'"
+        )
+    return Settings(
+        namespaces=namespaces,
+        liveness_endpoint=env.get("KVCAP_LIVENESS_ENDPOINT", "").strip() or None,
+        prometheus_url=env.get("KVCAP_PROMETHEUS_URL", "").strip() or Settings.prometheus_url,
+        resync_seconds=_number(env, "KVCAP_RESYNC_SECONDS", 30.0, minimum=1.0),
+        retry_delay_seconds=_number(env, "KVCAP_RETRY_DELAY_SECONDS", 15.0, minimum=0.1),
+        discovery_ttl_seconds=_number(env, "KVCAP_DISCOVERY_TTL_SECONDS", 60.0, minimum=0.0),
+        extra_tolerations=_tolerations(env.get("KVCAP_EXTRA_TOLERATIONS", "")),
+        node_inventory=inventory == "Enabled",
+        startup_timeout_seconds=int(
+            _number(env, "KVCAP_STARTUP_TIMEOUT_SECONDS", 1800, minimum=10)
+        ),
+        epp_service_suffix=env.get("KVCAP_EPP_SERVICE_SUFFIX", "").strip() or "-epp",
+        epp_port=int(_number(env, "KVCAP_EPP_PORT", 9002, minimum=1)),
+        hf_endpoint=env.get("KVCAP_HF_ENDPOINT", "").strip() or None,
+    )
+
+
+def load_settings() -> Settings:
+    """Settings from `os.environ`."""
+    return parse_settings(os.environ)
