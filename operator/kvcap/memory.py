@@ -465,6 +465,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
     # The first stage sizes the cache when stages are uneven only if it has the most layers; vLLM takes
     # the minimum block count over all workers, so evaluate every stage.
     groups_all = [_group_layers(lay.kinds, st) for st in stages]
+    stage_attn_layers = max(sum(1 for k in lay.kinds[a:b] if k != MAMBA) for a, b in stages)
+    per_token_gpu = lay.attn_page_per_token * stage_attn_layers
     n_groups = groups_all[0][1]
     num_blocks = None
     sizing = groups_all[0][0]
@@ -486,7 +488,6 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
 
     if prof.engine == "V0":
         # V0: one block holds block_size tokens of every layer (cache_engine.get_cache_block_size).
-        block_bytes = bs * lay.kv_bytes_per_token * (1 if pp == 1 else 1)
         stage_layers = max(b - a for a, b in stages)
         block_bytes = bs * lay.attn_page_per_token * stage_layers
         num_blocks = max(int(max(available, 0) // block_bytes), 0) if block_bytes else 0
@@ -523,7 +524,7 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
         max_num_batched_tokens=tokens, block_size=bs, kv_cache_dtype=args.kv_cache_dtype,
         kv_dtype_bytes=kv_bytes, gpu_memory_utilization=util, gpu_total_bytes=total,
         weights_bytes=weights, activation_bytes=act, non_torch_bytes=non_torch, cudagraph_bytes=graph,
-        available_kv_bytes=available, kv_memory_given=given, kv_bytes_per_token=lay.kv_bytes_per_token,
+        available_kv_bytes=available, kv_memory_given=given, kv_bytes_per_token=per_token_gpu,
         page_bytes=lay.page_bytes, group_size=group_size, groups=kv_groups, num_blocks=num_blocks,
         kv_tokens=kv_tokens, max_concurrency=concurrency, request_kv_bytes=request_bytes,
         state_bytes_per_request=state_bytes, fits=fits, reason=reason, estimated_max_model_len=est_len,

@@ -1,0 +1,232 @@
+"""Table-driven tests of the KV-cache model, per attention type and per failure mode.
+
+Configs here are minimal but real-format HF config.json dicts; expected numbers are worked out by
+hand from vLLM's rules (kv_cache_utils.py / kv_cache_interface.py), in the comments.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvcap.arch import FULL, MAMBA, MLA, SLIDING, parse_config
+from kvcap.catalog import GIB, Gpu
+from kvcap.errors import InvalidArgument, InvalidModelConfig
+from kvcap.memory import ServeArgs, estimate, pp_layer_split
+
+H100 = Gpu("H100-80GB", (), "nvidia", int(79.19 * GIB), 3350, 989, True)
+
+
+def llama(**over):
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+           "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16",
+           "max_position_embeddings": 131072, "tie_word_embeddings": False}
+    cfg.update(over)
+    return cfg
+
+
+def deepseek_mla():
+    return {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
+            "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+            "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512,
+            "q_lora_rank": None, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128,
+            "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+            "first_k_dense_replace": 1, "vocab_size": 102400, "torch_dtype": "bfloat16",
+            "max_position_embeddings": 163840}
+
+
+def gemma2():
+    return {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 3584,
+            "intermediate_size": 14336, "num_hidden_layers": 42, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 256, "sliding_window": 4096, "vocab_size": 256000,
+            "torch_dtype": "float32", "max_position_embeddings": 8192}
+
+
+def nemotron_h():
+    # 8 layers: 6 Mamba2, 2 attention ('*'); '-' MLP layers hold no KV.
+    return {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": 4096,
+            "intermediate_size": 21504, "num_hidden_layers": 12, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 128, "hybrid_override_pattern": "M-M*-MM-M*-M",
+            "mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8,
+            "conv_kernel": 4, "vocab_size": 131072, "torch_dtype": "bfloat16",
+            "max_position_embeddings": 8192}
+
+
+KV_GIVEN = int(40 * GIB)
+
+# (name, config, args, expected bytes/token/GPU, expected tokens, expected concurrency)
+CASES = [
+    # GQA: 2 x 32 layers x 8 heads x 128 x 2 bytes = 131072 B/token; 40 GiB / (16 x 8192) / 32 blocks.
+    ("gqa-tp1", llama(), ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
+     131072, 327680, 40.0),
+    # TP 4 splits the 8 KV heads: 2 per rank.
+    ("gqa-tp4", llama(), ServeArgs(tensor_parallel_size=4, max_model_len=8192,
+                                   kv_cache_memory_bytes=KV_GIVEN), 32768, 1310720, 160.0),
+    # TP 16 > 8 KV heads: one head per rank, replicated -- no further saving.
+    ("gqa-tp16-replicated", llama(num_attention_heads=64, hidden_size=8192),
+     ServeArgs(tensor_parallel_size=16, max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
+     16384, 2621440, 320.0),
+    # MQA: one KV head.
+    ("mqa", llama(num_key_value_heads=1), ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
+     16384, 2621440, 320.0),
+    # fp8 KV halves bytes per value.
+    ("gqa-fp8", llama(), ServeArgs(max_model_len=8192, kv_cache_dtype="fp8",
+                                   kv_cache_memory_bytes=KV_GIVEN), 65536, 655360, 80.0),
+    # Block size 32: same tokens (40 GiB divides evenly), concurrency counts blocks of 32.
+    ("gqa-block32", llama(), ServeArgs(max_model_len=8000, block_size=32, kv_cache_memory_bytes=KV_GIVEN),
+     131072, 327680, 10240 / 250),
+    # MLA: 27 x (512 + 64) x 2 = 31104 B/token, NOT divided by TP; 40 GiB / 18432 / 27 = 86302 blocks.
+    ("mla-tp1", deepseek_mla(), ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
+     31104, 1380832, 168.56),
+    ("mla-tp2", deepseek_mla(), ServeArgs(tensor_parallel_size=2, max_model_len=8192,
+                                          kv_cache_memory_bytes=KV_GIVEN), 31104, 1380832, 168.56),
+    # Decode context parallel 2 multiplies the token line; a request needs half the blocks per rank.
+    ("mla-dcp2", deepseek_mla(), ServeArgs(tensor_parallel_size=2, decode_context_parallel_size=2,
+                                           max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
+     31104, 2761664, 337.12),
+    # Gemma 2 (float32 checkpoint served in bf16): 21 sliding + 21 full layers -> 2 groups of 21.
+    # page = 16 x 8 x 256 x 2 x 2 = 131072; blocks = 40 GiB / 131072 / 21 = 15603;
+    # tokens = 15603 // 2 x 16 = 124816; a request: 512 full + (cdiv(4095 + 8192, 16) + 1) sliding.
+    ("sliding-hybrid", gemma2(), ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN,
+                                           vllm_version="0.19.0"), 344064, 124816, 15603 / 1025),
+]
+
+
+@pytest.mark.parametrize(("name", "config", "args", "per_token", "tokens", "concurrency"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_kv_arithmetic(name, config, args, per_token, tokens, concurrency):
+    est = estimate(parse_config(config, name=name), H100, args)
+    assert est.kv_bytes_per_token == per_token
+    assert est.kv_tokens == tokens
+    assert est.max_concurrency == pytest.approx(concurrency, rel=1e-3)
+    assert est.fits
+
+
+def test_sliding_layers_save_memory_once_context_exceeds_window():
+    arch = parse_config(gemma2(), name="gemma2")
+    short = estimate(arch, H100, ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN,
+                                           vllm_version="0.19.0", max_num_batched_tokens=2048))
+    # With 2048 batched tokens the sliding layers hold 4095 + 2048 tokens, not 8192.
+    assert short.groups[0].kind == SLIDING or short.groups[1].kind == SLIDING
+    assert short.max_concurrency > 15603 / 1025
+    # Without the hybrid allocator (old vLLM or the flag) every layer keeps every token.
+    flat = estimate(arch, H100, ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN,
+                                          vllm_version="0.19.0", disable_hybrid_kv_cache_manager=True))
+    assert len(flat.groups) == 1 and flat.groups[0].kind == FULL
+    assert flat.kv_tokens == 40 * GIB // (16 * 8192 * 42) * 16
+
+
+def test_mamba_hybrid_constant_state_and_enlarged_block():
+    arch = parse_config(nemotron_h(), name="nemotron-h")
+    assert arch.kind_counts == {MAMBA: 6, FULL: 2}
+    est = estimate(arch, H100, ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN))
+    # Attention block grows so one attention page holds a Mamba state, in multiples of 16 tokens.
+    assert est.block_size % 16 == 0 and est.block_size > 16
+    assert est.page_bytes >= arch.mamba.bytes_per_rank(1, 2)
+    # Mamba groups cost one page per request regardless of length.
+    assert all(g.blocks_per_request == 1 for g in est.groups if g.kind == MAMBA)
+    longer = estimate(arch, H100, ServeArgs(max_model_len=65536, kv_cache_memory_bytes=KV_GIVEN))
+    assert longer.state_bytes_per_request == est.state_bytes_per_request
+    # fp8 KV shrinks attention pages only; the (padded) state page does not halve.
+    fp8 = estimate(arch, H100, ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN,
+                                         kv_cache_dtype="fp8"))
+    assert fp8.kv_bytes_per_token == est.kv_bytes_per_token // 2
+
+
+def test_mla_is_one_latent_per_token():
+    arch = parse_config(deepseek_mla(), name="ds")
+    assert arch.kind_counts == {MLA: 27}
+    assert arch.num_kv_heads == 1 and arch.head_dim == 576
+
+
+def test_pipeline_parallel_splits_layers_like_vllm():
+    assert pp_layer_split(32, 2) == [(0, 16), (16, 32)]
+    assert pp_layer_split(61, 4) == [(0, 15), (15, 30), (30, 46), (46, 61)]
+    arch = parse_config(llama(), name="llama")
+    est = estimate(arch, H100, ServeArgs(pipeline_parallel_size=2, max_model_len=8192,
+                                         kv_cache_memory_bytes=KV_GIVEN))
+    assert est.kv_bytes_per_token == 131072 // 2
+    assert est.kv_tokens == 2 * 327680
+
+
+def test_weights_per_gpu_follow_tp_and_quantization():
+    arch = parse_config(llama(), name="llama", num_parameters=8_030_261_248)
+    bf16 = estimate(arch, H100, ServeArgs(max_model_len=8192))
+    assert bf16.weights_bytes == pytest.approx(8_030_261_248 * 2, rel=1e-6)  # "14.96 GiB"
+    tp2 = estimate(arch, H100, ServeArgs(tensor_parallel_size=2, max_model_len=8192))
+    assert tp2.weights_bytes == pytest.approx(bf16.weights_bytes / 2, rel=1e-6)
+    fp8 = estimate(arch, H100, ServeArgs(max_model_len=8192, quantization="fp8"))
+    # Linear layers at 1 byte, embeddings and lm_head stay bf16: vLLM logged 8.49 GiB.
+    assert fp8.weights_bytes / GIB == pytest.approx(8.49, abs=0.05)
+
+
+# --- failure modes -------------------------------------------------------------------------------
+
+def test_refuses_when_weights_exceed_memory():
+    arch = parse_config(llama(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                              intermediate_size=28672), name="70b")
+    est = estimate(arch, H100, ServeArgs(max_model_len=8192))
+    assert not est.fits
+    assert est.reason == "No available memory for the cache blocks"
+
+
+def test_refuses_when_one_request_does_not_fit_and_estimates_max_len():
+    arch = parse_config(llama(), name="llama")
+    est = estimate(arch, H100, ServeArgs(max_model_len=131072, kv_cache_memory_bytes=int(8 * GIB)))
+    assert not est.fits
+    assert "is larger than the available KV cache memory" in est.reason
+    # 8 GiB / 128 KiB per token = 65536 tokens.
+    assert est.estimated_max_model_len == 65536
+
+
+def test_v0_refusal_message_and_block_math():
+    arch = parse_config(llama(), name="llama")
+    est = estimate(arch, H100, ServeArgs(max_model_len=32768, kv_cache_memory_bytes=int(2 * GIB),
+                                         vllm_version="0.6.4"))
+    assert est.engine == "V0" and not est.fits
+    assert est.kv_tokens == 16384
+    assert "larger than the maximum number of tokens that can be stored in KV cache (16384)" in est.reason
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (ServeArgs(tensor_parallel_size=3), "must divide the model's 32 attention heads"),
+    (ServeArgs(pipeline_parallel_size=64), "exceeds the model's 32 layers"),
+    (ServeArgs(tensor_parallel_size=2, decode_context_parallel_size=4), "must divide"),
+    (ServeArgs(kv_cache_dtype="int3"), "--kv-cache-dtype 'int3' is not supported"),
+    (ServeArgs(block_size=12), "--block-size 12 must be one of"),
+    (ServeArgs(gpu_memory_utilization=1.5), "must be in (0, 1]"),
+    (ServeArgs(quantization="magic"), "--quantization 'magic' is not known"),
+    (ServeArgs(vllm_version="latest"), "must look like '0.11.0'"),
+])
+def test_impossible_flags_are_explained(args, message):
+    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        estimate(parse_config(llama(), name="llama"), H100, args)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model_type": "llama"}, "has no 'num_hidden_layers'"),
+    (llama(num_hidden_layers=0), "'num_hidden_layers' must be a positive integer"),
+    (llama(num_key_value_heads=5), "must be a positive divisor of num_attention_heads"),
+    (llama(hidden_size=4100), "is not divisible by num_attention_heads"),
+    (llama(torch_dtype="int4"), "unsupported torch_dtype"),
+    (llama(layer_types=["full_attention"] * 3), "lists 3 layers but num_hidden_layers is 32"),
+    (llama(layer_types=["weird"] * 32), "unknown layer type 'weird'"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_malformed_configs_are_explained(config, message):
+    with pytest.raises(InvalidModelConfig, match=message):
+        parse_config(config, name="cfg")
+
+
+def test_multimodal_text_config_is_used():
+    cfg = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+           "torch_dtype": "bfloat16",
+           "text_config": {"model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240,
+                           "num_hidden_layers": 34, "sliding_window": 1024},
+           "vision_config": {"hidden_size": 1152, "num_hidden_layers": 27, "intermediate_size": 4304}}
+    arch = parse_config(cfg, name="gemma3-4b")
+    # transformers' Gemma3TextConfig defaults fill the omitted fields: 4 KV heads of 256, pattern 6.
+    assert arch.num_kv_heads == 4 and arch.head_dim == 256
+    assert arch.kind_counts == {SLIDING: 29, FULL: 5}
+    assert arch.vision_parameters > 0
