@@ -1,0 +1,461 @@
+"""The pure decisions of kvcap.reconcile, plus the whole pipeline against an in-memory API (no network)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kopf
+import pytest
+from operator_factories import MODEL, make_plan, make_pool, make_spec
+from pydantic import ValidationError
+
+from kvcap import constants as kc
+from kvcap.conditions import Check, get_condition
+from kvcap.errors import ModelNotFound
+from kvcap.kube import ApiError
+from kvcap.models import ModelDeploymentSpec
+from kvcap.plan_types import CapacityPlan
+from kvcap.reconcile import (
+    OperatorContext,
+    check_multi_node,
+    check_schedulable,
+    cluster_gpus,
+    diff_children,
+    format_validation_error,
+    gpu_inventory,
+    observe_workloads,
+    parse_model_config,
+    reconcile,
+    skip_resync,
+    unschedulable_pods,
+)
+from kvcap.render import Features
+from kvcap.settings import Settings, SettingsError, parse_settings
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def node(name: str, product: str | None, gpus: str | None, *, ready: bool = True,
+         unschedulable: bool = False) -> dict[str, Any]:
+    labels = {kc.GPU_PRODUCT_LABEL: product} if product else {}
+    allocatable = {"cpu": "32"} | ({"nvidia.com/gpu": gpus} if gpus is not None else {})
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"unschedulable": True} if unschedulable else {},
+        "status": {"allocatable": allocatable,
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+NODES = [
+    node("h1", H100, "8"), node("h2", H100, "8"), node("l1", "NVIDIA-L4", "4"),
+    node("down", H100, "8", ready=False), node("cordoned", H100, "8", unschedulable=True),
+    node("cpu", None, None), node("zero", H100, "0"), node("junk", H100, "lots"),
+]
+
+
+def test_gpu_inventory_counts_ready_schedulable_nodes_per_product() -> None:
+    inventory = gpu_inventory(NODES, "nvidia.com/gpu")
+    assert inventory == {H100: [8, 8], "NVIDIA-L4": [4]}
+    assert cluster_gpus(inventory) == {"NVIDIA-L4": 4, H100: 16}
+    assert cluster_gpus({}) is None and cluster_gpus(None) is None
+    assert gpu_inventory(NODES, "amd.com/gpu") == {}
+
+
+@pytest.mark.parametrize(("pools", "per_node", "inventory", "pending", "expected"), [
+    ([make_pool()], 8, {H100: [8, 8]}, [],
+     ("True", "GpusAvailable", f"needs 2 x {H100}, 16 allocatable")),
+    ([make_pool(replicas=3, gpus_per_replica=8, tensor_parallel_size=8)], 8, {H100: [8, 8]}, [],
+     ("False", "InsufficientGpus", f"needs 24 x {H100}, 16 allocatable on Ready nodes")),
+    ([make_pool(), make_pool(name="long", replicas=2, gpus_per_replica=8)], 8, {H100: [8, 8]}, [],
+     ("False", "InsufficientGpus", f"needs 18 x {H100}, 16 allocatable on Ready nodes")),
+    ([make_pool(gpus_per_replica=8, replicas=1, gpu_labels=("NVIDIA-L4",))], 8,
+     {"NVIDIA-L4": [4, 4]}, [],
+     ("False", "NoNodeFitsReplica",
+      "pool 'default' needs 8 x NVIDIA-L4 on one node, the largest node allocates 4")),
+    ([make_pool()], 8, {}, [], ("False", "InsufficientGpus", f"needs 2 x {H100}, 0 allocatable on Ready nodes")),
+    ([make_pool(gpu_labels=())], 8, {}, [],
+     ("False", "InsufficientGpus", "needs 2 x H100-80GB, 0 allocatable on Ready nodes")),
+    ([make_pool()], 8, None, [], ("Unknown", "InventoryUnavailable",
+                                  "node inventory is disabled or Nodes cannot be read")),
+    ([make_pool()], 8, {H100: [8]}, [("llama-default-x", "0/3 nodes are available")],
+     ("False", "PodUnschedulable", "pod 'llama-default-x': 0/3 nodes are available")),
+    ([make_pool(gpus_per_replica=16, replicas=1)], 8, {H100: [8, 8]}, [],
+     ("True", "GpusAvailable", f"needs 16 x {H100}, 16 allocatable")),
+])
+def test_check_schedulable(pools: list[Any], per_node: int, inventory: Any, pending: Any,
+                           expected: tuple[str, str, str]) -> None:
+    spec = make_spec(gpu={"perNode": per_node})
+    check = check_schedulable(spec, make_plan(*pools), inventory, pending)
+    assert (check.status, check.reason, check.message) == expected
+
+
+def test_check_schedulable_without_plan() -> None:
+    assert check_schedulable(make_spec(), None, {}).reason == "NotPlanned"
+
+
+@pytest.mark.parametrize(("gpus", "per_node", "lws", "expected_reason"), [
+    (8, 8, False, None),
+    (16, 8, True, None),
+    (16, 8, False, "NeedsMultiNode"),
+    (9, 8, True, None),  # 3 nodes x 3 GPUs
+])
+def test_check_multi_node(gpus: int, per_node: int, lws: bool, expected_reason: str | None) -> None:
+    plan = make_plan(make_pool(gpus_per_replica=gpus, tensor_parallel_size=gpus, replicas=1))
+    check = check_multi_node(make_spec(gpu={"perNode": per_node}), plan,
+                             Features(leader_worker_set=lws))
+    assert (check.reason if check else None) == expected_reason
+    if check is not None:
+        assert check.status == "False"
+        assert "'leaderworkerset.x-k8s.io/v1' API is not installed" in check.message
+        assert "`spec.gpu.perNode` is 8" in check.message
+
+
+def obj(kind: str, name: str, uid: str | None = "uid-1", controller: bool = True) -> dict[str, Any]:
+    refs = [{"uid": uid, "controller": controller, "kind": "ModelDeployment"}] if uid else []
+    return {"apiVersion": "v1", "kind": kind,
+            "metadata": {"name": name, "ownerReferences": refs, "uid": f"{name}-uid"}}
+
+
+def test_diff_children() -> None:
+    desired = [obj("Deployment", "a-default"), obj("Service", "a-default"), obj("Service", "a-new")]
+    listed = [
+        obj("Deployment", "a-default"),  # ours: apply
+        obj("Service", "a-default", uid="someone-else"),  # labelled like ours, not ours: conflict
+        obj("Deployment", "a-long"),  # ours, no longer wanted: delete
+        obj("Service", "a-long", uid="uid-1", controller=False),  # not controller: leave alone
+        obj("Service", "stranger", uid=None),  # no owner: leave alone
+    ]
+    diff = diff_children(desired, listed, "uid-1")
+    assert [o["metadata"]["name"] for o in diff.apply] == ["a-default"]
+    assert [o["metadata"]["name"] for o in diff.lookup] == ["a-new"]
+    assert diff.conflicts == ("Service 'a-default'",)
+    assert [(o["kind"], o["metadata"]["name"]) for o in diff.delete] == [("Deployment", "a-long")]
+
+
+def test_unschedulable_pods() -> None:
+    def pod(name: str, phase: str, reason: str | None, deleting: bool = False) -> dict[str, Any]:
+        conds = [{"type": "PodScheduled", "status": "False", "reason": reason,
+                  "message": f"{name}: Insufficient nvidia.com/gpu"}] if reason else []
+        meta: dict[str, Any] = {"name": name}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return {"metadata": meta, "status": {"phase": phase, "conditions": conds}}
+
+    pods = [pod("b", "Pending", "Unschedulable"), pod("a", "Pending", "Unschedulable"),
+            pod("c", "Pending", "SchedulingGated"), pod("d", "Running", None),
+            pod("e", "Pending", "Unschedulable", deleting=True)]
+    assert unschedulable_pods(pods) == [("a", "a: Insufficient nvidia.com/gpu"),
+                                        ("b", "b: Insufficient nvidia.com/gpu")]
+
+
+def test_observe_workloads() -> None:
+    dep = {"kind": "Deployment",
+           "metadata": {"name": "x-default", "generation": 3, "labels": {kc.LABEL_POOL: "default"}},
+           "spec": {"replicas": 2},
+           "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2}}
+    svc = {"kind": "Service", "metadata": {"name": "x-default", "labels": {kc.LABEL_POOL: "default"}}}
+    seen = observe_workloads([dep, svc])
+    assert list(seen) == ["default"]
+    assert (seen["default"].ready_replicas, seen["default"].current) == (2, False)
+
+
+def test_skip_resync_only_for_invalid_current_generation() -> None:
+    body = {"metadata": {"generation": 2}, "status": {
+        "observedGeneration": 2,
+        "conditions": [{"type": "CapacityPlanned", "status": "False", "reason": "InvalidSpec"}]}}
+    assert skip_resync(body)
+    assert not skip_resync({**body, "metadata": {"generation": 3}})
+    assert not skip_resync({"metadata": {"generation": 1}, "status": {}})
+
+
+def test_format_validation_error_is_one_line_with_paths() -> None:
+    with pytest.raises(ValidationError) as info:
+        ModelDeploymentSpec.model_validate({"model": {}, "workload": {"maxContextTokens": 0,
+                                                                     "targetConcurrency": 1}})
+    message = format_validation_error(info.value)
+    assert "\n" not in message
+    assert "`spec.model.name`" in message and "`spec.workload.maxContextTokens`" in message
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    (None, "ConfigMap 'c' key 'k' does not exist"),
+    ("{", "ConfigMap 'c' key 'k' is not valid JSON (line 1, column 2: Expecting property name"),
+    ("[1]", "ConfigMap 'c' key 'k' must hold a JSON object"),
+])
+def test_parse_model_config_errors(text: str | None, error: str) -> None:
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        parse_model_config(text, "ConfigMap 'c' key 'k'")
+    assert parse_model_config('{"a": 1}', "x") == {"a": 1}
+
+
+def test_parse_settings() -> None:
+    s = parse_settings({
+        "KVCAP_NAMESPACES": "a, b,,", "KVCAP_RESYNC_SECONDS": "5",
+        "KVCAP_EXTRA_TOLERATIONS": json.dumps([{"key": "k", "operator": "Exists"}]),
+        "KVCAP_NODE_INVENTORY": "Disabled", "KVCAP_LIVENESS_ENDPOINT": "http://0.0.0.0:8080/healthz",
+    })
+    assert s.namespaces == ("a", "b") and s.resync_seconds == 5.0 and not s.node_inventory
+    assert s.extra_tolerations == ({"key": "k", "operator": "Exists"},)
+    assert parse_settings({}) == Settings()
+    for bad in ({"KVCAP_RESYNC_SECONDS": "0"}, {"KVCAP_RESYNC_SECONDS": "x"},
+                {"KVCAP_EXTRA_TOLERATIONS": "{"}, {"KVCAP_EXTRA_TOLERATIONS": '[{"keys": 1}]'},
+                {"KVCAP_NODE_INVENTORY": "yes"}):
+        with pytest.raises(SettingsError):
+            parse_settings(bad)
+
+
+# --- the whole pipeline against an in-memory API server ---------------------------------------------
+
+
+class FakeKube:
+    """Just enough of kvcap.kube.Kube: objects keyed by (plural, namespace, name), SSA as replace."""
+
+    def __init__(self, nodes: list[dict[str, Any]] | None = None,
+                 apis: set[tuple[str, str, str]] | None = None) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.nodes = nodes if nodes is not None else NODES[:3]
+        self.apis = apis or set()
+        self.calls: list[str] = []
+        self.status_patches: list[dict[str, Any]] = []
+        self.fail: ApiError | None = None
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.nodes)
+
+    async def has_resource(self, group: str, version: str, plural: str) -> bool:
+        return (group, version, plural) in self.apis
+
+    async def list(self, api_version: str, plural: str, namespace: str | None,
+                   labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        self.calls.append(f"list {plural}")
+        if self.fail is not None:
+            raise self.fail
+        return [copy.deepcopy(o) for (p, ns, _), o in sorted(self.objects.items())
+                if p == plural and ns == namespace
+                and all(o["metadata"].get("labels", {}).get(k) == v for k, v in (labels or {}).items())]
+
+    async def get(self, api_version: str, plural: str, namespace: str | None, name: str
+                  ) -> dict[str, Any] | None:
+        found = self.objects.get((plural, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        from kvcap.kube import plural_for
+
+        plural = plural_for(obj["apiVersion"], obj["kind"])
+        key = (plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self.calls.append(f"apply {obj['kind']} {obj['metadata']['name']}")
+        old = self.objects.get(key)
+        new = copy.deepcopy(obj)
+        new["metadata"]["uid"] = old["metadata"]["uid"] if old else f"{key[2]}-{plural}"
+        new["metadata"]["generation"] = 1
+        new["metadata"]["resourceVersion"] = "1"
+        self.objects[key] = new
+        return copy.deepcopy(new)
+
+    async def delete(self, api_version: str, plural: str, namespace: str, name: str, *, uid: str
+                     ) -> bool:
+        self.calls.append(f"delete {plural} {name}")
+        return self.objects.pop((plural, namespace, name), None) is not None
+
+    async def patch_status(self, api_version: str, plural: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> dict[str, Any]:
+        self.status_patches.append(status)
+        return {}
+
+    async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        found = self.objects.get((kind.lower() + "s", namespace, name))
+        return None if found is None else found.get("data", {}).get(key)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, spec: ModelDeploymentSpec, *, config: Any = None,
+                 cluster_gpus: Any = None) -> CapacityPlan:
+        self.calls.append({"config": config, "cluster_gpus": cluster_gpus})
+        pools = [make_pool(vllm_args=(spec.model.name, "--max-model-len",
+                                      str(spec.workload.max_context_tokens)),
+                           max_model_len=spec.workload.max_context_tokens)]
+        if spec.workload.long_context_policy == "Required":
+            pools.append(make_pool(name="long", replicas=1, min_context_tokens=8193,
+                                   max_model_len=131072))
+        return make_plan(*pools)
+
+
+def body_for(spec: dict[str, Any], *, generation: int = 1, status: dict[str, Any] | None = None
+             ) -> kopf.Body:
+    raw = {"apiVersion": "kvcap.io/v1alpha1", "kind": "ModelDeployment",
+           "metadata": {"name": "llama", "namespace": "team-a", "uid": "uid-1",
+                        "generation": generation},
+           "spec": spec, "status": status or {}}
+    return kopf.Body(raw)
+
+
+SPEC = {"model": {"name": MODEL}, "workload": {"maxContextTokens": 8192, "targetConcurrency": 64}}
+
+
+async def run(kube: FakeKube, planner: Any, spec: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    body = body_for(spec, **kw)
+    patch = kopf.Patch()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    await reconcile(body, patch=patch, logger=_logger(), ctx=ctx, trigger="change")
+    return dict(patch.get("status") or {})
+
+
+def _logger() -> Any:
+    import logging
+
+    return logging.getLogger("test")
+
+
+@pytest.fixture(autouse=True)
+def _no_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    posted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(kopf, "event", lambda body, *, type, reason, message: posted.append(
+        (type, reason, message)))
+    return posted
+
+
+async def test_pipeline_creates_children_and_reports_status(_no_events: list[Any]) -> None:
+    kube, planner = FakeKube(), Recorder()
+    status = await run(kube, planner, SPEC)
+    assert kube.status_patches and kube.status_patches[0]["conditions"][0]["reason"] == "Reconciling"
+    assert planner.calls == [{"config": None, "cluster_gpus": {"NVIDIA-L4": 4, H100: 16}}]
+    assert [c for c in kube.calls if c.startswith("apply")] == [
+        "apply Deployment llama-default", "apply Service llama-default",
+        "apply PodDisruptionBudget llama-default",
+    ]
+    assert get_condition(status, "CapacityPlanned")["reason"] == "PlanFits"  # type: ignore[index]
+    assert get_condition(status, "ChildrenSynced")["status"] == "True"  # type: ignore[index]
+    assert get_condition(status, "Ready")["reason"] == "ReplicasNotReady"  # type: ignore[index]
+    assert status["plan"]["pools"][0]["deploymentName"] == "llama-default"
+    assert ("Normal", "PlanChanged") in [(t, r) for t, r, _ in _no_events]
+
+
+async def test_pipeline_deletes_the_long_pool_when_the_plan_stops_splitting() -> None:
+    kube, planner = FakeKube(), Recorder()
+    split = copy.deepcopy(SPEC)
+    split["workload"]["longContextPolicy"] = "Required"
+    split["workload"]["longContextThresholdTokens"] = 4096
+    await run(kube, planner, split)
+    assert ("deployments", "team-a", "llama-long") in kube.objects
+    # someone else's same-named object must survive; ours must go
+    await run(kube, planner, SPEC, generation=2)
+    assert ("deployments", "team-a", "llama-long") not in kube.objects
+    assert ("services", "team-a", "llama-long") not in kube.objects
+    assert ("deployments", "team-a", "llama-default") in kube.objects
+
+
+async def test_pipeline_reports_conflicts_and_leaves_foreign_objects_alone() -> None:
+    kube, planner = FakeKube(), Recorder()
+    foreign = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "llama-default", "namespace": "team-a", "uid": "x",
+                            "labels": {"app": "theirs"}}}
+    kube.objects[("services", "team-a", "llama-default")] = foreign
+    status = await run(kube, planner, SPEC)
+    cond = get_condition(status, "ChildrenSynced")
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False", "Conflict")
+    assert "Service 'llama-default'" in cond["message"]
+    assert kube.objects[("services", "team-a", "llama-default")] == foreign
+    assert get_condition(status, "Ready")["reason"] == "Conflict"  # type: ignore[index]
+
+
+async def test_pipeline_invalid_spec_is_permanent_and_touches_nothing() -> None:
+    kube, planner = FakeKube(), Recorder()
+    body = body_for({"model": {"name": MODEL}, "workload": {"maxContextTokens": -1}})
+    patch = kopf.Patch()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    with pytest.raises(kopf.PermanentError, match="maxContextTokens"):
+        await reconcile(body, patch=patch, logger=_logger(), ctx=ctx)
+    status = patch["status"]
+    assert get_condition(status, "CapacityPlanned")["reason"] == "InvalidSpec"  # type: ignore[index]
+    assert get_condition(status, "Ready")["status"] == "False"  # type: ignore[index]
+    assert planner.calls == [] and not [c for c in kube.calls if c.startswith("apply")]
+    # the resync timer would not retry it
+    assert skip_resync({"metadata": {"generation": 1}, "status": status})
+
+
+async def test_pipeline_planner_errors_and_infeasible_plans() -> None:
+    def unknown(spec: Any, **_: Any) -> CapacityPlan:
+        raise ModelNotFound("model 'x' is not in the kvcap catalog")
+
+    def infeasible(spec: Any, **_: Any) -> CapacityPlan:
+        return CapacityPlan(feasible=False, reason="InsufficientGpuMemory", message="too big",
+                            model=MODEL)
+
+    def crash(spec: Any, **_: Any) -> CapacityPlan:
+        raise ZeroDivisionError("bug")
+
+    for planner, reason, error in ((unknown, "ModelNotFound", None),
+                                   (infeasible, "Infeasible", kopf.PermanentError),
+                                   (crash, "PlannerError", kopf.PermanentError)):
+        kube = FakeKube()
+        if error is None:
+            status = await run(kube, planner, SPEC)
+        else:
+            with pytest.raises(error):
+                await run(kube, planner, SPEC)
+            continue
+        assert get_condition(status, "CapacityPlanned")["reason"] == reason  # type: ignore[index]
+        assert not [c for c in kube.calls if c.startswith("apply")]
+
+
+async def test_pipeline_paused_applies_nothing_but_reports() -> None:
+    kube, planner = FakeKube(), Recorder()
+    status = await run(kube, planner, {**SPEC, "paused": True})
+    assert not [c for c in kube.calls if c.startswith("apply")]
+    assert get_condition(status, "ChildrenSynced")["reason"] == "Paused"  # type: ignore[index]
+    assert get_condition(status, "Progressing")["reason"] == "Paused"  # type: ignore[index]
+
+
+async def test_pipeline_config_map_config_is_passed_to_the_planner() -> None:
+    kube, planner = FakeKube(), Recorder()
+    kube.objects[("configmaps", "team-a", "cfg")] = {"data": {"config.json": '{"model_type": "x"}'}}
+    spec = copy.deepcopy(SPEC)
+    spec["model"]["configMapRef"] = {"name": "cfg", "key": "config.json"}
+    await run(kube, planner, spec)
+    assert planner.calls[0]["config"] == {"model_type": "x"}
+    spec["model"]["configMapRef"] = {"name": "missing", "key": "config.json"}
+    with pytest.raises(kopf.PermanentError, match="InvalidModelConfig"):
+        await run(kube, planner, spec)
+
+
+async def test_pipeline_multi_node_without_lws_creates_no_deployment() -> None:
+    kube = FakeKube()
+
+    def big(spec: Any, **_: Any) -> CapacityPlan:
+        return make_plan(make_pool(gpus_per_replica=16, tensor_parallel_size=16, replicas=1))
+
+    with pytest.raises(kopf.PermanentError, match="NeedsMultiNode"):
+        await run(kube, big, SPEC)
+    assert not [c for c in kube.calls if c.startswith("apply")]
+    kube = FakeKube(apis={("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")})
+    status = await run(kube, big, SPEC)
+    assert "apply LeaderWorkerSet llama-default" in kube.calls
+    assert get_condition(status, "CapacityPlanned")["reason"] == "PlanFits"  # type: ignore[index]
+
+
+async def test_pipeline_transient_api_errors_become_temporary_errors() -> None:
+    kube = FakeKube()
+    kube.fail = ApiError(503, "ServiceUnavailable", "etcd is down")
+    with pytest.raises(kopf.TemporaryError):
+        await run(kube, Recorder(), SPEC)
+
+
+async def test_pipeline_is_idempotent() -> None:
+    kube, planner = FakeKube(), Recorder()
+    first = await run(kube, planner, SPEC)
+    snapshot = copy.deepcopy(kube.objects)
+    second = await run(kube, planner, SPEC, status=first)
+    assert kube.objects == snapshot
+    assert second == {}  # nothing changed: no status patch at all
+
+
+def test_check_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Check("True", "A", "b").status = "False"  # type: ignore[misc]
