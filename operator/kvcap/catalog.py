@@ -71,6 +71,16 @@ def _models() -> dict[str, CatalogModel]:
         )
         for key in (model.id, *model.aliases):
             by_key.setdefault(_norm(key), model)
+    for entry in yaml.safe_load((DATA / "derived.yaml").read_text()) or []:
+        base = by_key[_norm(entry["base"])]
+        derived = CatalogModel(
+            id=entry["id"], aliases=tuple(entry.get("aliases") or ()),
+            source=f"{entry['source']}; config of {base.id}: {base.source}",
+            num_parameters=base.num_parameters, num_active_parameters=base.num_active_parameters,
+            config={**base.config, **(entry.get("overrides") or {})},
+        )
+        for key in (derived.id, *derived.aliases):
+            by_key.setdefault(_norm(key), derived)
     return by_key
 
 

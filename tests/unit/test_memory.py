@@ -230,3 +230,14 @@ def test_multimodal_text_config_is_used():
     assert arch.num_kv_heads == 4 and arch.head_dim == 256
     assert arch.kind_counts == {SLIDING: 29, FULL: 5}
     assert arch.vision_parameters > 0
+
+
+def test_derived_catalog_entries_reuse_their_base_shapes():
+    from kvcap import catalog
+    from kvcap.loader import load_model
+    derived = load_model("meta-llama/Llama-3.3-70B-Instruct")
+    base = load_model("meta-llama/Llama-3.1-70B-Instruct")
+    assert (derived.layer_kinds, derived.num_kv_heads, derived.head_dim) == \
+        (base.layer_kinds, base.num_kv_heads, base.head_dim)
+    assert "Llama-3.1-70B-Instruct" in catalog.get_model("meta-llama/Llama-3.3-70B-Instruct").source
+    assert load_model("Qwen/Qwen3-30B-A3B-Instruct-2507").max_position_embeddings == 262144
