@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from validation import Case, load_cases  # noqa: E402
+from validation import Case, load_cases
 
-from kvcap.arch import ModelArch  # noqa: E402
-from kvcap.catalog import GIB  # noqa: E402
-from kvcap.memory import estimate, weight_bytes_per_gpu, with_dtype  # noqa: E402
+from kvcap.arch import ModelArch
+from kvcap.catalog import GIB
+from kvcap.memory import estimate, weight_bytes_per_gpu, with_dtype
 
 
 def _util(c: Case) -> float:

@@ -198,7 +198,7 @@ def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, .
         no_rope = cfg.get("no_rope_layers")
         if isinstance(no_rope, list) and len(no_rope) >= n_layers:
             return tuple(CHUNKED if no_rope[i] else FULL for i in range(n_layers))
-        step = int(cfg.get("interleave_moe_layer_step") and 4 or 4)
+        step = int((cfg.get("interleave_moe_layer_step") and 4) or 4)
         return tuple(FULL if (i + 1) % step == 0 else CHUNKED for i in range(n_layers))
     if model_type in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window") \
             and window:

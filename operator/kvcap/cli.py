@@ -203,7 +203,7 @@ def suggest_fix(arch: Any, gpu: Any, args: ServeArgs, est: Estimate) -> str:
                 break
         except KvcapError:
             continue
-    if args.kv_cache_dtype == "auto" and not arch.is_mla or (arch.is_mla and args.kv_cache_dtype == "auto"):
+    if (args.kv_cache_dtype == "auto" and not arch.is_mla) or (arch.is_mla and args.kv_cache_dtype == "auto"):
         try:
             if estimate(arch, gpu, replace(args, kv_cache_dtype="fp8")).fits:
                 hints.append("--kv-cache-dtype fp8")

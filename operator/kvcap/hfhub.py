@@ -37,7 +37,7 @@ def fetch_config(model_id: str, *, token: str | None = None, revision: str | Non
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (https/http only)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read(MAX_CONFIG_BYTES + 1)
     except urllib.error.HTTPError as err:
         if err.code == 404:

@@ -21,7 +21,7 @@ CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_
 class Hub(BaseHTTPRequestHandler):
     requests: list[tuple[str, str | None]] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         Hub.requests.append((self.path, self.headers.get("Authorization")))
         if self.path == "/acme/tiny/resolve/main/config.json":
             return self._send(200, json.dumps(CONFIG).encode())

@@ -16,10 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from validation import load_cases  # noqa: E402
+from validation import load_cases
 
-from kvcap.catalog import GIB  # noqa: E402
-from kvcap.memory import estimate  # noqa: E402
+from kvcap.catalog import GIB
+from kvcap.memory import estimate
 
 CASES, SKIPPED = load_cases()
 GIVEN = [c for c in CASES if c.observed.get("available_kv_gib") is not None
