@@ -233,3 +233,33 @@ def test_spec_model_name_is_mutable(cluster: Any, namespace: str, created: dict[
     )
     assert patched["spec"]["model"]["name"] == "Qwen/Qwen3-8B"
     assert patched["metadata"]["generation"] == 2
+
+
+# Core and built-in kinds in manifests/ -> their collection path.
+_COLLECTIONS = {
+    "Namespace": "/api/v1/namespaces",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+}
+
+
+@pytest.mark.parametrize("name", ["namespace.yaml", "rbac.yaml", "deployment.yaml"])
+def test_manifests_are_admitted(cluster: Any, name: str) -> None:
+    """Every object in manifests/ passes the real apiserver's strict validation (dry run)."""
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / name).read_text()) if d]
+    for doc in docs:
+        ns = doc["metadata"].get("namespace")
+        if ns:
+            cluster.ensure_namespace(ns)  # dry-run creates still need the namespace to exist
+        path = _COLLECTIONS[doc["kind"]].format(ns=ns) + "/" + doc["metadata"]["name"]
+        # Server-side apply, so it also works when another test installed the operator already.
+        applied = cluster.request(
+            "PATCH",
+            f"{path}?dryRun=All&fieldValidation=Strict&fieldManager=kvcap-manifests-test&force=true",
+            json.dumps(doc).encode(), content_type="application/apply-patch+yaml",
+        )
+        assert applied["metadata"]["name"] == doc["metadata"]["name"]
