@@ -48,8 +48,8 @@ test: setup k8s-binaries ## All tests: unit, then integration on the real contro
 	$(PYTEST) tests -q
 
 .PHONY: crds-check
-crds-check: setup ## pydantic <-> CRD and chart-copy checks
-	$(PYTEST) tests/unit/test_crd_matches_models.py -q
+crds-check: setup ## pydantic <-> CRD, chart copy, examples, manifests in sync
+	$(PYTEST) tests/unit/test_crd_matches_models.py tests/unit/test_examples.py tests/unit/test_manifests_in_sync.py -q
 
 ##@ Benchmarks
 .PHONY: bench
@@ -65,6 +65,18 @@ helm-lint: setup ## helm lint + template + schema validation
 .PHONY: manifests
 manifests: ## Render manifests/ from the Helm chart
 	hack/render-manifests.sh
+
+.PHONY: manifests-check
+manifests-check: ## Fail if manifests/ is stale
+	hack/render-manifests.sh --check
+
+.PHONY: image
+image: ## Build the operator image
+	docker build -t ghcr.io/kvcap/kvcap:0.1.0 .
+
+.PHONY: deploy
+deploy: ## Install CRD + operator with kubectl (no Helm)
+	kubectl apply -f manifests/crds.yaml -f manifests/namespace.yaml -f manifests/rbac.yaml -f manifests/deployment.yaml
 
 .PHONY: sandbox
 sandbox: setup k8s-binaries ## Local control plane with fake GPU nodes + the operator + an example

@@ -466,17 +466,21 @@ def plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None 
     total = sum(pl.total_gpus for pl in pools)
     bound = lower_bound_gpus(arch, [chosen[0].gpu], spec, demands)
     alts = tuple(Alternative(c.summary(), c.total_gpus, _why_lost(c, chosen[0])) for c in runners)
-    warnings = []
     if spec.gpu.max_total and total > spec.gpu.max_total:
-        warnings.append(f"plan needs {total} GPUs, above `gpu.maxTotal` {spec.gpu.max_total}")
+        return CapacityPlan(
+            False, "ExceedsGpuBudget",
+            f"the cheapest plan needs {total} GPUs ({msg_of(pools)}), above `gpu.maxTotal` "
+            f"{spec.gpu.max_total}; must raise `gpu.maxTotal` to at least {total}, or lower "
+            f"`workload.targetConcurrency` or `workload.maxContextTokens`, or allow larger GPUs",
+            arch.name, total_gpus=total, lower_bound_gpus=bound, pools=pools, split_decision=decision,
+            extra={"vllm_version": version})
+    warnings = []
     for pool in pools:
         have = available_of(catalog.find_gpu(pool.gpu_product) or chosen[0].gpu, cluster_gpus)
         if have is not None and have < pool.total_gpus:
             warnings.append(f"pool '{pool.name}' needs {pool.total_gpus} x {pool.gpu_product}, "
                             f"{have} allocatable")
-    msg = "; ".join(f"{pl.name}: {pl.replicas} x {pl.gpu_product} TP {pl.tensor_parallel_size}"
-                    + (f" PP {pl.pipeline_parallel_size}" if pl.pipeline_parallel_size > 1 else "")
-                    for pl in pools)
+    msg = msg_of(pools)
     return CapacityPlan(
         feasible=True, reason="PlanFits", message=f"{total} GPUs ({msg})", model=arch.name,
         total_gpus=total, lower_bound_gpus=bound, pools=pools, split_decision=decision,
@@ -484,6 +488,12 @@ def plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None 
         extra={"vllm_version": version, "target_concurrency": n,
                "mean_request_tokens": round(single.mean_tokens, 1)},
     )
+
+
+def msg_of(pools: Sequence[PoolPlan]) -> str:
+    return "; ".join(f"{pl.name}: {pl.replicas} x {pl.gpu_product} TP {pl.tensor_parallel_size}"
+                     + (f" PP {pl.pipeline_parallel_size}" if pl.pipeline_parallel_size > 1 else "")
+                     for pl in pools)
 
 
 def _gpus_of(cands: tuple[list[Candidate], list[Candidate]]) -> int:

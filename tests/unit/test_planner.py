@@ -106,3 +106,13 @@ def test_length_model_matches_percentiles():
     assert math.isclose(m.tail(1000), 0.5, rel_tol=1e-6)
     assert m.tail(16000) == pytest.approx(0.01, rel=1e-3)  # p99 sets the tail (it implies the larger sigma)
     assert 1000 < m.mean() < 16000
+
+
+def test_gpu_budget_is_a_hard_limit():
+    s = ModelDeploymentSpec.model_validate({
+        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "workload": {"maxContextTokens": 8192, "targetConcurrency": 2000},
+        "gpu": {"products": ["H100-80GB"], "maxTotal": 4}})
+    plan = plan_deployment(s)
+    assert not plan.feasible and plan.reason == "ExceedsGpuBudget"
+    assert "above `gpu.maxTotal` 4" in plan.message
