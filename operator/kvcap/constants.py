@@ -15,31 +15,25 @@ from kvcap import GROUP
 # --- kopf bookkeeping ---
 
 FIELD_MANAGER: Final = "kvcap"  # Server-side-apply field manager of every child object.
-FINALIZER: Final = (
-    f"{GROUP}/finalizer"  # kopf's finalizer; only there so kopf can stop the resync timer.
-)
-ANNOTATION_PREFIX: Final = (
-    GROUP  # Prefix of kopf's progress/diff-base annotations on the ModelDeployment.
-)
+# kopf's finalizer name, should a handler ever need one. None does: deletion is garbage collection.
+FINALIZER: Final = f"{GROUP}/finalizer"
+# Prefix of kopf's progress/diff-base annotations on the ModelDeployment.
+ANNOTATION_PREFIX: Final = GROUP
 
 # --- labels and annotations on children ---
 
-LABEL_NAME: Final = (
-    "app.kubernetes.io/name"  # Always APP_NAME: every pod kvcap runs is a vLLM server.
-)
+# Always APP_NAME: every pod kvcap runs is a vLLM server.
+LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"  # The ModelDeployment's name.
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"  # Always MANAGED_BY.
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"  # The ModelDeployment's name.
-LABEL_COMPONENT: Final = (
-    "app.kubernetes.io/component"  # 'model-server' (pods, Services) or the kind's role.
-)
-LABEL_MODEL_DEPLOYMENT: Final = (
-    f"{GROUP}/model-deployment"  # The owner's name: the selector of all children.
-)
+# 'model-server' (pods, Services) or the kind's role.
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+# The owner's name: the selector of all children.
+LABEL_MODEL_DEPLOYMENT: Final = f"{GROUP}/model-deployment"
 LABEL_POOL: Final = f"{GROUP}/pool"  # The pool ('default' or 'long') a child belongs to.
-LABEL_ROLE: Final = (
-    f"{GROUP}/role"  # ROLE_SERVER on pods that answer the OpenAI API, ROLE_WORKER otherwise.
-)
+# ROLE_SERVER on pods that answer the OpenAI API, ROLE_WORKER otherwise.
+LABEL_ROLE: Final = f"{GROUP}/role"
 # Context-length range a pod is sized for, read by the llm-d router's `context-length-aware`
 # scorer/filter: value "min-max", inclusive, in tokens. Source: llm-d/llm-d-router,
 # pkg/epp/.../contextlengthaware (`DefaultContextLengthLabel = "llm-d.ai/context-length-range"`,
@@ -51,9 +45,8 @@ ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"  # sha256 (16 hex) of the ren
 APP_NAME: Final = "vllm"  # Value of LABEL_NAME.
 MANAGED_BY: Final = "kvcap"  # Value of LABEL_MANAGED_BY.
 COMPONENT: Final = "model-server"  # Value of LABEL_COMPONENT.
-ROLE_SERVER: Final = (
-    "server"  # Pod serves HTTP on VLLM_PORT (Deployment pods, LeaderWorkerSet leaders).
-)
+# Pod serves HTTP on VLLM_PORT (Deployment pods, LeaderWorkerSet leaders).
+ROLE_SERVER: Final = "server"
 ROLE_WORKER: Final = "worker"  # LeaderWorkerSet worker: a Ray worker, no HTTP server.
 
 # --- the vLLM container ---
@@ -61,20 +54,17 @@ ROLE_WORKER: Final = "worker"  # LeaderWorkerSet worker: a Ray worker, no HTTP s
 VLLM_CONTAINER: Final = "vllm"  # Container name in every pod.
 VLLM_PORT: Final = 8000  # `vllm serve --port` (vLLM's default).
 PORT_NAME: Final = "http"  # Name of VLLM_PORT on containers and Services.
-READINESS_PATH: Final = (
-    "/v1/models"  # Answers only once the model is loaded (llm-d readiness-probes doc).
-)
+# Answers only once the model is loaded (llm-d readiness-probes doc).
+READINESS_PATH: Final = "/v1/models"
 LIVENESS_PATH: Final = "/health"  # Engine alive; does not prove the model is loaded.
 METRICS_PATH: Final = "/metrics"  # Prometheus endpoint of the vLLM server.
 SHM_VOLUME: Final = "dshm"  # Memory-backed emptyDir mounted at /dev/shm (NCCL).
 HF_TOKEN_ENV: Final = "HF_TOKEN"  # Env var vLLM/huggingface_hub read the Hub token from.
 RAY_PORT: Final = 6379  # Ray head port inside a LeaderWorkerSet group.
-GPU_PRODUCT_LABEL: Final = (
-    "nvidia.com/gpu.product"  # Node label (GPU feature discovery) naming the GPU.
-)
-GPU_TAINT_KEY: Final = (
-    "nvidia.com/gpu"  # Taint GPU node pools usually carry (tolerated, NoSchedule).
-)
+# Node label (GPU feature discovery) naming the GPU.
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+# Taint GPU node pools usually carry (tolerated, NoSchedule).
+GPU_TAINT_KEY: Final = "nvidia.com/gpu"
 
 # --- optional APIs (discovered at run time) ---
 
@@ -102,60 +92,51 @@ INFERENCE_POOL_API_V1ALPHA2: Final = (
 
 READY: Final = "Ready"  # Summary: planned, applied, every desired replica ready.
 CAPACITY_PLANNED: Final = "CapacityPlanned"  # The spec was valid and the planner found a plan.
-SCHEDULABLE: Final = (
-    "Schedulable"  # The cluster has the GPUs the plan needs and no pod is unschedulable.
-)
-PROGRESSING: Final = (
-    "Progressing"  # True while a rollout is under way (kubebuilder/Deployment sense).
-)
+# The cluster has the GPUs the plan needs and no pod is unschedulable.
+SCHEDULABLE: Final = "Schedulable"
+# True while a rollout is under way (kubebuilder/Deployment sense).
+PROGRESSING: Final = "Progressing"
 CHILDREN_SYNCED: Final = "ChildrenSynced"  # Every child object was applied as rendered.
 
 CONDITION_TYPES: Final = (READY, CAPACITY_PLANNED, SCHEDULABLE, PROGRESSING, CHILDREN_SYNCED)
 
 # --- condition reasons ---
 
-RECONCILING: Final = (
-    "Reconciling"  # First visit: the operator has not looked at this generation yet.
-)
+# First visit: the operator has not looked at this generation yet.
+RECONCILING: Final = "Reconciling"
 
 # CapacityPlanned
 PLAN_FITS: Final = "PlanFits"  # The planner found a feasible plan.
 INFEASIBLE: Final = "Infeasible"  # The planner found no plan; the message is the planner's.
 INVALID_SPEC: Final = "InvalidSpec"  # `spec` failed validation (pydantic); retrying cannot help.
-INVALID_MODEL_CONFIG: Final = (
-    "InvalidModelConfig"  # The ConfigMap's config.json is missing or not JSON.
-)
-MODEL_CONFIG_UNAVAILABLE: Final = (
-    "ModelConfigUnavailable"  # Hub unreachable / token Secret missing.
-)
-NEEDS_MULTI_NODE: Final = (
-    "NeedsMultiNode"  # A replica spans nodes but the LeaderWorkerSet API is absent.
-)
+# The ConfigMap's config.json is missing or not JSON.
+INVALID_MODEL_CONFIG: Final = "InvalidModelConfig"
+# Hub unreachable / token Secret missing.
+MODEL_CONFIG_UNAVAILABLE: Final = "ModelConfigUnavailable"
+# A replica spans nodes but the LeaderWorkerSet API is absent.
+NEEDS_MULTI_NODE: Final = "NeedsMultiNode"
 PLANNER_ERROR: Final = "PlannerError"  # The planner raised an unexpected exception (a kvcap bug).
 
 # Schedulable
 GPUS_AVAILABLE: Final = "GpusAvailable"  # Allocatable GPUs of the planned products cover the plan.
 INSUFFICIENT_GPUS: Final = "InsufficientGpus"  # The plan needs more GPUs than Ready nodes allocate.
-NO_NODE_FITS_REPLICA: Final = (
-    "NoNodeFitsReplica"  # No single node has gpusPerReplica GPUs of the product.
-)
+# No single node has gpusPerReplica GPUs of the product.
+NO_NODE_FITS_REPLICA: Final = "NoNodeFitsReplica"
 POD_UNSCHEDULABLE: Final = "PodUnschedulable"  # The scheduler reported a pod of ours unschedulable.
 INVENTORY_UNAVAILABLE: Final = "InventoryUnavailable"  # Nodes could not be read (RBAC or disabled).
 NOT_PLANNED: Final = "NotPlanned"  # No plan yet, so nothing to check or roll out.
 
 # Progressing
 ROLLING_OUT: Final = "RollingOut"  # Some pool has fewer updated or ready replicas than desired.
-ROLLOUT_COMPLETE: Final = (
-    "RolloutComplete"  # Every pool runs the current template at full strength.
-)
+# Every pool runs the current template at full strength.
+ROLLOUT_COMPLETE: Final = "RolloutComplete"
 PAUSED: Final = "Paused"  # `spec.paused` is true: children are left as they are.
 
 # ChildrenSynced
 APPLIED: Final = "Applied"  # Every rendered child was applied (server-side apply, force).
 CONFLICT: Final = "Conflict"  # A same-named object exists without our controller ownerReference.
-APPLY_REJECTED: Final = (
-    "ApplyRejected"  # The API server rejected a child (422/400): a spec problem.
-)
+# The API server rejected a child (422/400): a spec problem.
+APPLY_REJECTED: Final = "ApplyRejected"
 APPLY_FAILED: Final = "ApplyFailed"  # A transient API error; retried.
 
 # Ready

@@ -1,15 +1,16 @@
 """kopf handlers: decorators only. Every handler parses its input and calls one function.
 
-Create, update, resume and the resync timer all go through the same level-based
-`kvcap.reconcile.reconcile()`. Handlers return None so kopf writes nothing into `status`.
-
-kopf puts its finalizer (`kvcap.io/finalizer`) on each ModelDeployment because timers require one
-(kopf must stop the timer before the object goes away); there are no deletion handlers, so kopf
-removes it at once on deletion, and the children go by ownerReference garbage collection.
+Create, update and resume go through the level-based `kvcap.reconcile.reconcile()`; a resync loop
+started at startup calls the same function every KVCAP_RESYNC_SECONDS for every ModelDeployment in
+the `model_deployments` index (not a kopf timer: kopf puts a finalizer on objects that have timers,
+and nothing here needs one — children go by ownerReference garbage collection). Handlers return None
+so kopf writes nothing into `status`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -18,14 +19,24 @@ import kopf
 from kvcap import GROUP, PLURAL, VERSION
 from kvcap import constants as kc
 from kvcap.kube import Kube
-from kvcap.reconcile import OperatorContext, reconcile, skip_resync
+from kvcap.reconcile import OperatorContext, reconcile, resync_forever
 from kvcap.settings import load_settings
 
 SETTINGS = load_settings()
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def model_deployments(namespace: str, name: str, uid: str, **_: Any) -> dict[Any, str]:
+    return {(namespace, name): uid}
+
+
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    model_deployments: kopf.Index[Any, str],
+    **_: Any,
+) -> None:
     settings.persistence.finalizer = kc.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=kc.ANNOTATION_PREFIX
@@ -37,15 +48,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = (
         logging.INFO
     )  # only explicit kopf.event() calls (posting.loggers=False)
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
     memo.ctx = OperatorContext(
         kube=Kube.from_environment(discovery_ttl=SETTINGS.discovery_ttl_seconds), settings=SETTINGS
     )
+    memo.resync = asyncio.create_task(resync_forever(memo.ctx, model_deployments))
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "resync", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     ctx = getattr(memo, "ctx", None)
     if ctx is not None:
         await ctx.kube.close()
@@ -58,11 +73,3 @@ async def reconcile_fn(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any
 ) -> None:
     await reconcile(body, patch=patch, logger=logger, ctx=memo.ctx, trigger="change")
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds, idle=SETTINGS.resync_seconds)
-async def resync_fn(
-    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any
-) -> None:
-    if not skip_resync(body):
-        await reconcile(body, patch=patch, logger=logger, ctx=memo.ctx, trigger="resync")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import time
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ for _api in (
 ):
     PLURALS[(f"{_api[0]}/{_api[1]}", _api[3])] = _api[2]
 
+C_COMPONENT = "kvcap"  # Event source / reporting component
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
@@ -92,7 +94,10 @@ def _load_configuration() -> k8s_client.Configuration:
     try:
         k8s_config.load_incluster_config(client_configuration=cfg)
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=cfg)
+        # $KUBECONFIG is read now: the kubernetes package reads it once, at import time.
+        k8s_config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg
+        )
     return cfg
 
 
@@ -259,6 +264,35 @@ class Kube:
         if value is None and key in (obj.get("binaryData") or {}):
             value = base64.b64decode(obj["binaryData"][key]).decode()
         return value  # type: ignore[no-any-return]
+
+    async def post_event(
+        self, obj: Mapping[str, Any], *, type: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about `obj` (single line, as `kubectl describe` shows it)."""
+        meta = obj["metadata"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": C_COMPONENT},
+            "reportingComponent": C_COMPONENT,
+            "reportingInstance": C_COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._request("POST", resource_path("v1", "events", meta["namespace"]), body=event)
 
     # --- discovery ---
 

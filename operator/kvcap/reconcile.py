@@ -1,12 +1,12 @@
 """Level-based reconcile of one ModelDeployment: parse, gather, plan, render, apply, status.
 
-Create, update, resume and the resync timer all call `reconcile()`, which converges the children and
-the status to the same result from whatever state it finds. The top half of this module is pure
-(decisions on plain data, unit-tested in tests/unit/test_reconcile_pure.py); the bottom half does
-the I/O through `kvcap.kube.Kube`.
+Create, update, resume and the periodic resync all call `reconcile()`, which converges the
+children and the status to the same result from whatever state it finds. The top half of this
+module is pure (decisions on plain data, unit-tested in tests/unit/test_reconcile_pure.py); the
+bottom half does the I/O through `kvcap.kube.Kube`.
 
 Error policy (kopf `errors.rst`): an invalid spec sets CapacityPlanned=False/InvalidSpec and raises
-kopf.PermanentError (only on change events; the resync timer skips such objects until the spec
+kopf.PermanentError (only on change events; the resync loop skips such objects until the spec
 changes); an infeasible plan is reported in status and, on change events, ends in PermanentError
 too; transient API failures raise kopf.TemporaryError(delay=settings.retry_delay_seconds).
 Nothing a user writes into a spec can crash-loop the operator.
@@ -31,6 +31,7 @@ from kvcap import GROUP, PLURAL, VERSION
 from kvcap import constants as kc
 from kvcap.conditions import (
     Check,
+    Event,
     WorkloadObservation,
     build_status,
     get_condition,
@@ -141,8 +142,11 @@ def check_multi_node(
     return None
 
 
-def _product_text(labels: Sequence[str], fallback: str) -> str:
-    return "/".join(labels) if labels else fallback
+def _product_text(labels: Sequence[str], fallback: str, inventory: Inventory) -> str:
+    """The product as the nodes spell it (label values present on nodes), else the catalog name."""
+    present = [label for label in labels if label in inventory]
+    spelled = present or [label for label in labels if label != fallback]
+    return "/".join(spelled) if spelled else fallback
 
 
 def check_schedulable(
@@ -166,7 +170,7 @@ def check_schedulable(
     for pool in plan.pools:
         key = tuple(pool.gpu_labels) or (pool.gpu_product,)
         needs[key] = needs.get(key, 0) + pool.total_gpus
-        text[key] = _product_text(pool.gpu_labels, pool.gpu_product)
+        text[key] = _product_text(pool.gpu_labels, pool.gpu_product, inventory)
         nodes = nodes_per_replica(pool.gpus_per_replica, spec.gpu.per_node) or 1
         per_pod = pool.gpus_per_replica // nodes
         largest = max((n for label in key for n in inventory.get(label, ())), default=0)
@@ -286,7 +290,7 @@ def observe_workloads(objs: Iterable[Mapping[str, Any]]) -> dict[str, WorkloadOb
 
 
 def skip_resync(body: Mapping[str, Any]) -> bool:
-    """The resync timer skips an object whose current generation was already found InvalidSpec:
+    """The resync loop skips an object whose current generation was already found InvalidSpec:
     validation depends on the spec alone, so only a spec change (an update event) can fix it."""
     status = body.get("status") or {}
     cond = get_condition(status, kc.CAPACITY_PLANNED)
@@ -534,9 +538,17 @@ async def sync_children(
     return SyncResult(check, objects, deleted)
 
 
-def _post_events(body: kopf.Body, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    for event in transition_events(old, new):
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+async def _post_events(
+    kube: Kube,
+    body: Mapping[str, Any],
+    events: Sequence[Event],
+    logger: logging.Logger | logging.LoggerAdapter[Any] | kopf.Logger,
+) -> None:
+    for event in events:
+        try:
+            await kube.post_event(body, type=event.type, reason=event.reason, message=event.message)
+        except ApiError as err:  # e.g. the namespace is terminating: never fail a reconcile on it
+            logger.debug("Could not post event %s: %s", event.reason, err)
 
 
 async def reconcile(
@@ -583,10 +595,12 @@ async def _reconcile(
             raise
         old_status = {**old_status, **initial}
 
-    def finish(status: dict[str, Any], error: Exception | None) -> None:
+    async def finish(
+        status: dict[str, Any], error: Exception | None, extra: Sequence[Event] = ()
+    ) -> None:
         if status_changed(old_status, status):
             patch.status.update(status)
-        _post_events(body, old_status, status)
+        await _post_events(kube, body, [*extra, *transition_events(old_status, status)], logger)
         elapsed = time.monotonic() - started
         logger.debug(
             "Reconciled ModelDeployment %s/%s in %.3fs (%s)", namespace, name, elapsed, trigger
@@ -615,7 +629,7 @@ async def _reconcile(
             vllm_version="",
             now=now,
         )
-        return finish(
+        return await finish(
             status, kopf.PermanentError(f"Invalid spec: {message}") if trigger == "change" else None
         )
 
@@ -657,6 +671,7 @@ async def _reconcile(
 
         # 5. apply (I/O)
         listed = await list_children(kube, namespace, name, features)
+        deleted_events: list[Event] = []
         objects: list[dict[str, Any]] = list(listed)
         if spec.paused:
             synced = Check(
@@ -673,13 +688,14 @@ async def _reconcile(
             synced = result.check
             applied = {_kind_name(o) for o in result.objects}
             objects = [o for o in listed if _kind_name(o) not in applied] + result.objects
-            for what in result.deleted:
-                kopf.event(
-                    body,
-                    type="Normal",
-                    reason=kc.EVENT_POOL_DELETED,
-                    message=f"Deleted {what}: the plan no longer has that pool",
+            deleted_events = [
+                Event(
+                    "Normal",
+                    kc.EVENT_POOL_DELETED,
+                    f"Deleted {what}: the plan no longer has that pool",
                 )
+                for what in result.deleted
+            ]
 
         # 6. observe + status (pure)
         workloads = observe_workloads(o for o in objects if is_controlled_by(o, uid))
@@ -745,7 +761,55 @@ async def _reconcile(
             len(desired),
             (time.monotonic() - started) * 1000,
         )
-    return finish(status, error)
+    return await finish(status, error, deleted_events)
+
+
+async def resync_one(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """Reconcile one ModelDeployment read fresh from the API, outside kopf's handler machinery,
+    and write its status ourselves (same pipeline; kopf applies `patch` only for its handlers)."""
+    kube = ctx.kube
+    logger = logging.LoggerAdapter(_resync_logger, {})
+    raw = await kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
+    if raw is None or raw.get("metadata", {}).get("deletionTimestamp") or skip_resync(raw):
+        return
+    patch = kopf.Patch()
+    try:
+        await reconcile(kopf.Body(raw), patch=patch, logger=logger, ctx=ctx, trigger="resync")
+    except kopf.TemporaryError as err:
+        _resync_logger.debug(
+            "Resync of ModelDeployment %s/%s will be retried: %s", namespace, name, err
+        )
+    except kopf.PermanentError as err:
+        _resync_logger.debug("Resync of ModelDeployment %s/%s: %s", namespace, name, err)
+    finally:
+        status = patch.get("status")
+        if status:
+            await kube.patch_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, dict(status))
+
+
+async def resync_forever(ctx: OperatorContext, index: Mapping[Any, Any]) -> None:
+    """Every `resync_seconds`, reconcile every ModelDeployment kopf is watching (the keys of a kopf
+    index). This replaces a kopf timer: kopf puts a finalizer on objects with timers, which strands
+    them when the operator is gone and when kopf stops watching a terminating namespace; with no
+    finalizer, deletion is plain ownerReference garbage collection."""
+    limit = asyncio.Semaphore(4)
+
+    async def one(key: tuple[str, str]) -> None:
+        async with limit:
+            try:
+                await resync_one(ctx, *key)
+            except ApiError as err:
+                _resync_logger.warning("Could not resync ModelDeployment %s/%s: %s", *key, err)
+            except Exception:
+                _resync_logger.exception("Resync of ModelDeployment %s/%s failed", *key)
+
+    while True:
+        await asyncio.sleep(ctx.settings.resync_seconds)
+        keys = sorted(key for key in list(index) if isinstance(key, tuple))
+        await asyncio.gather(*(one(key) for key in keys))
+
+
+_resync_logger = logging.getLogger("kvcap.resync")
 
 
 __all__ = [

@@ -8,7 +8,7 @@
 | KVCAP_NAMESPACES | "" (cluster-wide) | comma-separated namespaces (kopf globs allowed) to watch |
 | KVCAP_LIVENESS_ENDPOINT | "" (off) | e.g. `http://0.0.0.0:8080/healthz` |
 | KVCAP_PROMETHEUS_URL | http://prometheus-operated.monitoring.svc:9090 | default Prometheus |
-| KVCAP_RESYNC_SECONDS | 30 | interval (and idle time) of the level-based resync timer |
+| KVCAP_RESYNC_SECONDS | 30 | interval of the level-based resync of every ModelDeployment |
 | KVCAP_RETRY_DELAY_SECONDS | 15 | delay of kopf.TemporaryError on transient API errors |
 | KVCAP_DISCOVERY_TTL_SECONDS | 60 | how long optional-CRD discovery results are cached |
 | KVCAP_EXTRA_TOLERATIONS | [] | JSON list of extra pod tolerations for every vLLM pod |

@@ -220,7 +220,12 @@ class FakeKube:
         self.apis = apis or set()
         self.calls: list[str] = []
         self.status_patches: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
         self.fail: ApiError | None = None
+
+    async def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str
+                         ) -> None:
+        self.events.append((type, reason, message))
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.nodes)
@@ -313,15 +318,7 @@ def _logger() -> Any:
     return logging.getLogger("test")
 
 
-@pytest.fixture(autouse=True)
-def _no_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
-    posted: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(kopf, "event", lambda body, *, type, reason, message: posted.append(
-        (type, reason, message)))
-    return posted
-
-
-async def test_pipeline_creates_children_and_reports_status(_no_events: list[Any]) -> None:
+async def test_pipeline_creates_children_and_reports_status() -> None:
     kube, planner = FakeKube(), Recorder()
     status = await run(kube, planner, SPEC)
     assert kube.status_patches and kube.status_patches[0]["conditions"][0]["reason"] == "Reconciling"
@@ -334,7 +331,7 @@ async def test_pipeline_creates_children_and_reports_status(_no_events: list[Any
     assert get_condition(status, "ChildrenSynced")["status"] == "True"  # type: ignore[index]
     assert get_condition(status, "Ready")["reason"] == "ReplicasNotReady"  # type: ignore[index]
     assert status["plan"]["pools"][0]["deploymentName"] == "llama-default"
-    assert ("Normal", "PlanChanged") in [(t, r) for t, r, _ in _no_events]
+    assert [(t, r) for t, r, _ in kube.events] == [("Normal", "PlanChanged")]
 
 
 async def test_pipeline_deletes_the_long_pool_when_the_plan_stops_splitting() -> None:
@@ -347,6 +344,8 @@ async def test_pipeline_deletes_the_long_pool_when_the_plan_stops_splitting() ->
     # someone else's same-named object must survive; ours must go
     await run(kube, planner, SPEC, generation=2)
     assert ("deployments", "team-a", "llama-long") not in kube.objects
+    assert ("Normal", "PoolDeleted", "Deleted Deployment 'llama-long': the plan no longer has "
+            "that pool") in kube.events
     assert ("services", "team-a", "llama-long") not in kube.objects
     assert ("deployments", "team-a", "llama-default") in kube.objects
 
@@ -459,3 +458,32 @@ async def test_pipeline_is_idempotent() -> None:
 def test_check_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Check("True", "A", "b").status = "False"  # type: ignore[misc]
+
+
+async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> None:
+    from kvcap.reconcile import resync_one
+
+    kube, planner = FakeKube(), Recorder()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    await resync_one(ctx, "team-a", "llama")  # gone: nothing happens
+    assert kube.status_patches == []
+    raw = dict(body_for(SPEC))
+    kube.objects[("modeldeployments", "team-a", "llama")] = raw
+    await resync_one(ctx, "team-a", "llama")
+    assert "apply Deployment llama-default" in kube.calls
+    final = kube.status_patches[-1]
+    assert get_condition(final, "CapacityPlanned")["reason"] == "PlanFits"  # type: ignore[index]
+    # an infeasible plan does not raise out of the resync, and its status is still written
+    def infeasible(spec: Any, **_: Any) -> CapacityPlan:
+        return CapacityPlan(feasible=False, reason="InsufficientGpuMemory", message="too big",
+                            model=MODEL)
+    ctx.plan_fn = infeasible
+    kube.objects[("modeldeployments", "team-a", "llama")] = {**raw, "status": final}
+    await resync_one(ctx, "team-a", "llama")
+    assert get_condition(kube.status_patches[-1], "CapacityPlanned")["reason"] == "Infeasible"  # type: ignore[index]
+    # being deleted: left to garbage collection
+    count = len(kube.status_patches)
+    stored = kube.objects[("modeldeployments", "team-a", "llama")]
+    stored["metadata"] = {**stored["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}
+    await resync_one(ctx, "team-a", "llama")
+    assert len(kube.status_patches) == count
