@@ -1,23 +1,19 @@
-"""Fixtures and helpers for the operator's integration tests (import them into a test module).
+"""pytest fixtures for the operator's integration tests (load with `pytest_plugins`).
 
-  kvcap_crd          the real CRD from crds/ applied to the session's e2e cluster (waits for Established).
-                     KVCAP_TEST_CRD=path overrides the file (for debugging a CRD, never in CI).
-  kvcap_operator     the operator in-process (kopf.testing.KopfRunner), one per session, watching only
-                     namespaces 'kvop-*'; resync every 2 s; kwok's taint tolerated via
-                     KVCAP_EXTRA_TOLERATIONS (the product itself knows nothing about kwok).
-  op_namespace       a fresh 'kvop-xxxxxx' namespace, deleted after the test; waits until its pods are
-                     gone so the next test gets the fake GPUs back.
-  Api                a tiny admin client over `devcluster.Cluster.request`.
+kvcap_crd          the real CRD from crds/ applied to the session's e2e cluster (waits for Established).
+                   KVCAP_TEST_CRD=path overrides the file (for debugging a CRD, never in CI).
+kvcap_operator     the operator in-process (kopf.testing.KopfRunner), one per session, watching only
+                   namespaces 'kvop-*'; resync every 2 s; kwok's taint tolerated via
+                   KVCAP_EXTRA_TOLERATIONS (the product itself knows nothing about kwok).
+op_namespace       a fresh 'kvop-xxxxxx' namespace, deleted after the test (its pods at once, so the
+                   next test gets the fake GPUs back).
+fresh_namespace    namespaces NOT watched by the shared operator, for tests running their own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,146 +22,15 @@ from unittest import mock
 
 import devcluster
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / "crds" / "modeldeployments.kvcap.io.yaml"
-OP_PREFIX = "kvop"
-KWOK_TOLERATIONS = json.dumps([devcluster.KWOK_TOLERATION])
-H100 = "NVIDIA-H100-80GB-HBM3"
-L4 = "NVIDIA-L4"
-MD_PATH = "/apis/kvcap.io/v1alpha1/namespaces/{ns}/modeldeployments"
-
-#: Environment of every operator the tests start (in-process or subprocess).
-OPERATOR_ENV = {
-    "KVCAP_RESYNC_SECONDS": "2",
-    "KVCAP_RETRY_DELAY_SECONDS": "1",
-    "KVCAP_DISCOVERY_TTL_SECONDS": "1",
-    "KVCAP_EXTRA_TOLERATIONS": KWOK_TOLERATIONS,
-    "KVCAP_HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens: Hub lookups fail fast, offline
-    "KVCAP_STARTUP_TIMEOUT_SECONDS": "600",
-}
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
-    """Poll `fn` until it returns something truthy; fail with `what` and the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
-class Api:
-    """Admin access to the test cluster: JSON in, JSON out, None for 404."""
-
-    def __init__(self, cluster: devcluster.Cluster, token: str | None = None) -> None:
-        self.cluster = cluster
-        self.token = token
-
-    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
-        return self.cluster.request(method, path, body, token=self.token, **kw)
-
-    def get(self, path: str) -> dict[str, Any] | None:
-        try:
-            return self.call("GET", path)  # type: ignore[no-any-return]
-        except devcluster.ApiError as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def items(self, path: str, selector: str | None = None) -> list[dict[str, Any]]:
-        query = f"?labelSelector={selector}" if selector else ""
-        return self.call("GET", path + query)["items"]  # type: ignore[no-any-return]
-
-    def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.call("POST", path, obj)  # type: ignore[no-any-return]
-
-    def merge(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.call(  # type: ignore[no-any-return]
-            "PATCH", path, patch, content_type="application/merge-patch+json"
-        )
-
-    def apply(self, path: str, obj: dict[str, Any], manager: str = "kvcap-tests") -> dict[str, Any]:
-        return self.call(  # type: ignore[no-any-return]
-            "PATCH", f"{path}?fieldManager={manager}&force=true", obj,
-            content_type="application/apply-patch+yaml",
-        )
-
-    def delete(self, path: str) -> None:
-        with contextlib.suppress(devcluster.ApiError):
-            self.call("DELETE", path)
-
-    # --- ModelDeployments ---
-
-    def md(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.get(f"{MD_PATH.format(ns=ns)}/{name}")
-
-    def create_md(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.create(MD_PATH.format(ns=ns), model_deployment(name, spec))
-
-    def patch_md(self, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.merge(f"{MD_PATH.format(ns=ns)}/{name}", patch)
-
-    def deployment(self, ns: str, name: str) -> dict[str, Any] | None:
-        return self.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
-
-    def pods(self, ns: str, selector: str | None = None) -> list[dict[str, Any]]:
-        return self.items(f"/api/v1/namespaces/{ns}/pods", selector)
-
-
-def model_deployment(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "kvcap.io/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": name}, "spec": spec}
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or ():
-        if cond["type"] == type_:
-            return cond  # type: ignore[no-any-return]
-    return {}
-
-
-def is_current(obj: dict[str, Any] | None, type_: str, status: str, reason: str | None = None
-               ) -> bool:
-    """Condition `type_` has `status` (and `reason`) for the object's current generation."""
-    cond = condition(obj, type_)
-    return bool(
-        obj and cond.get("status") == status and (reason is None or cond.get("reason") == reason)
-        and cond.get("observedGeneration") == obj["metadata"]["generation"]
-    )
-
-
-def small_spec(**workload: Any) -> dict[str, Any]:
-    """Llama 3.1 8B on H100s: 2 replicas x 1 GPU on the e2e cluster's fleet."""
-    return {
-        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-        "workload": {"maxContextTokens": 8192, "targetConcurrency": 64, **workload},
-        "gpu": {"products": ["H100-80GB"]},
-    }
-
-
-def crd_documents(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def apply_crd(api: Api, crd: dict[str, Any], timeout: float = 30.0) -> None:
-    name = crd["metadata"]["name"]
-    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-    try:
-        api.apply(path, crd)
-    except devcluster.ApiError as err:
-        pytest.fail(f"the API server rejected CRD {name} from {CRD_FILE}: {err}", pytrace=False)
-
-    def established() -> bool:
-        got = api.get(path) or {}
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (got.get("status") or {}).get("conditions") or ())
-
-    wait_for(f"CRD {name} Established", established, timeout)
+from operator_helpers import (
+    CRD_FILE,
+    OP_PREFIX,
+    OPERATOR_ENV,
+    Api,
+    apply_crd,
+    crd_documents,
+    delete_namespace,
+)
 
 
 @pytest.fixture(scope="session")
@@ -185,29 +50,23 @@ def kvcap_crd(kvcap_api: Api) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def kvcap_operator(e2e_cluster: devcluster.Cluster, kvcap_crd: dict[str, Any]) -> Iterator[Any]:
     from kopf.testing import KopfRunner
-
     from kubernetes.config import kube_config
 
     env = {"KUBECONFIG": str(e2e_cluster.kubeconfig), **OPERATOR_ENV}
     # The kubernetes package reads $KUBECONFIG once, at import (kopf logs in through it).
-    with mock.patch.dict(os.environ, env), mock.patch.object(
-        kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(e2e_cluster.kubeconfig)
-    ):
-        with KopfRunner(
+    with (
+        mock.patch.dict(os.environ, env),
+        mock.patch.object(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(e2e_cluster.kubeconfig)),
+        KopfRunner(
             ["run", "--standalone", "--namespace", f"{OP_PREFIX}-*", "-m", "kvcap.handlers"],
             timeout=60,
-        ) as runner:
-            yield runner
+        ) as runner,
+    ):
+        yield runner
     if runner.exception is not None or runner.exit_code != 0:
         print(runner.output[-20000:], file=sys.stderr)
     assert runner.exception is None
     assert runner.exit_code == 0
-
-
-def _delete_namespace(api: Api, ns: str, timeout: float = 90.0) -> None:
-    api.delete(f"/api/v1/namespaces/{ns}")
-    wait_for(f"namespace {ns} and its pods to go",
-             lambda: api.get(f"/api/v1/namespaces/{ns}") is None, timeout, interval=0.5)
 
 
 @pytest.fixture
@@ -216,7 +75,7 @@ def op_namespace(kvcap_api: Api, kvcap_operator: Any) -> Iterator[str]:
     ns = f"{OP_PREFIX}-{uuid.uuid4().hex[:6]}"
     kvcap_api.cluster.ensure_namespace(ns)
     yield ns
-    _delete_namespace(kvcap_api, ns)
+    delete_namespace(kvcap_api, ns)
 
 
 @pytest.fixture
@@ -232,49 +91,4 @@ def fresh_namespace(kvcap_api: Api) -> Iterator[Callable[[str], str]]:
 
     yield make
     for ns in made:
-        _delete_namespace(kvcap_api, ns)
-
-
-class OperatorProcess:
-    """`python -m kvcap run` as a subprocess (so it can be SIGKILLed or run as a ServiceAccount)."""
-
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespaces = namespaces
-        self.log = log
-        self.extra_env = extra_env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        env = {**os.environ, **OPERATOR_ENV, **self.extra_env, "KUBECONFIG": str(self.kubeconfig),
-               "PYTHONPATH": str(REPO / "operator")}
-        args = [sys.executable, "-m", "kvcap", "run"]
-        for ns in self.namespaces:
-            args += ["--namespace", ns]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no finalizer handling — as a node failure would."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        delete_namespace(kvcap_api, ns)
