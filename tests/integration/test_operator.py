@@ -312,8 +312,8 @@ def test_long_pool_is_deleted_when_the_plan_stops_splitting(
     assert [p["name"] for p in md["status"]["plan"]["pools"]] == ["default"]
     assert api.deployment(ns, "split-default") is not None
     assert api.get(f"/api/v1/namespaces/{ns}/services/split-decoy") is not None
-    events = api.items(f"/api/v1/namespaces/{ns}/events")
-    assert any(e["reason"] == "PoolDeleted" for e in events)
+    wait_for("the PoolDeleted event", lambda: any(
+        e["reason"] == "PoolDeleted" for e in api.items(f"/api/v1/namespaces/{ns}/events")), 10)
 
 
 @pytest.mark.timeout(120)
