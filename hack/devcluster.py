@@ -16,6 +16,8 @@ Python::
     c = Cluster.start(tier="e2e", nodes="H100:2,L4:1x4", workdir=None)  # or [GpuNodePool]
     c.kubeconfig, c.server, c.token, c.ca_file
     sa_kubeconfig = c.service_account_kubeconfig("kvcap-system", "kvcap")  # token via TokenRequest
+    c.request("GET", "/api/v1/nodes")                 # admin JSON call; raises ApiError
+    c.write_kubeconfig("kc", insecure=True)           # insecure-skip-tls-verify variant
     c.stop()
 
 CLI::
@@ -412,7 +414,7 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self._remove_workdir = False
         self._die_with_parent = True
-        self._ssl: ssl.SSLContext = ssl._create_unverified_context()  # until the CA is known
+        self._ssl: ssl.SSLContext = _no_verify_ctx()  # until the CA is known
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -527,8 +529,8 @@ class Cluster:
         tokens = wd / "pki" / "tokens.csv"
         tokens.write_text(f"{self.token},kvcap-admin,kvcap-admin-uid,system:masters\n")
         tokens.chmod(0o600)
-        sa_key = wd / "pki" / "sa.key"
-        _make_rsa_key(sa_key)
+        sa_key, sa_pub = wd / "pki" / "sa.key", wd / "pki" / "sa.pub"
+        _make_signing_key(sa_key, sa_pub)
 
         # etcd
         etcd_url = f"http://127.0.0.1:{self.ports['etcd']}"
@@ -562,7 +564,7 @@ class Cluster:
                 f"--cert-dir={wd / 'pki' / 'apiserver'}",
                 f"--token-auth-file={tokens}",
                 "--authorization-mode=RBAC",
-                f"--service-account-key-file={sa_key}",
+                f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--service-cluster-ip-range=10.96.0.0/16",
@@ -572,7 +574,7 @@ class Cluster:
                 "--profiling=false",
             ],
         )
-        ctx = ssl._create_unverified_context()
+        ctx = _no_verify_ctx()
         self._wait(
             "kube-apiserver",
             deadline,
@@ -581,7 +583,7 @@ class Cluster:
         )
         self.timings["apiserver_ready"] = time.monotonic() - t0
         self._trust_serving_ca()
-        self._write_kubeconfig(self.kubeconfig, self.token, "kvcap-admin")
+        self.write_kubeconfig(self.kubeconfig)
         self._wait("kube-apiserver", deadline, lambda: self._exists("/api/v1/namespaces/default"))
 
         if self.tier == "e2e":
@@ -598,7 +600,7 @@ class Cluster:
 
     def _start_e2e(self, nodes: list[dict[str, Any]], deadline: float, t0: float) -> None:
         wd, kc = self.workdir, str(self.kubeconfig)
-        ctx = ssl._create_unverified_context()
+        ctx = _no_verify_ctx()
         self._spawn(
             "kube-controller-manager",
             [
@@ -852,25 +854,36 @@ class Cluster:
             self.ensure_service_account(namespace, name)
         token = self.service_account_token(namespace, name, expiration_seconds)
         out = Path(path) if path else self.workdir / f"kubeconfig-sa-{namespace}-{name}"
-        self._write_kubeconfig(
+        self.write_kubeconfig(
             out, token, f"system:serviceaccount:{namespace}:{name}", namespace=namespace
         )
         return out
 
-    def _write_kubeconfig(
-        self, path: Path, token: str, user: str, namespace: str = "default"
-    ) -> None:
-        ca = base64.b64encode(self.ca_file.read_bytes()).decode()
+    def write_kubeconfig(
+        self,
+        path: str | os.PathLike[str],
+        token: str | None = None,
+        user: str = "kvcap-admin",
+        namespace: str = "default",
+        *,
+        insecure: bool = False,
+    ) -> Path:
+        """Write a kubeconfig for `token` (default: the admin token) and return its path.
+
+        By default it trusts the apiserver's self-signed CA; `insecure=True` writes
+        `insecure-skip-tls-verify` instead (the Python client then warns on every request).
+        """
+        path = Path(path)
+        tls: dict[str, Any] = {"insecure-skip-tls-verify": True}
+        if not insecure:
+            tls = {
+                "certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode()
+            }
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {
-                    "name": "kvcap-dev",
-                    "cluster": {"server": self.server, "certificate-authority-data": ca},
-                }
-            ],
-            "users": [{"name": user, "user": {"token": token}}],
+            "clusters": [{"name": "kvcap-dev", "cluster": {"server": self.server, **tls}}],
+            "users": [{"name": user, "user": {"token": token or self.token}}],
             "contexts": [
                 {
                     "name": "kvcap-dev",
@@ -884,6 +897,7 @@ class Cluster:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         tmp.chmod(0o600)
         tmp.replace(path)
+        return path
 
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
@@ -912,6 +926,14 @@ def _read_state(workdir: Path) -> dict[str, Any] | None:
         return None
 
 
+def _no_verify_ctx() -> ssl.SSLContext:
+    """For probing self-signed endpoints (apiserver before its CA is read, controller /healthz)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def _http_text(url: str, ctx: ssl.SSLContext | None, token: str | None = None) -> str:
     req = urllib.request.Request(url)
     if token:
@@ -934,28 +956,19 @@ def _http_ok(url: str, ctx: ssl.SSLContext | None, token: str | None = None) -> 
         return False
 
 
-def _make_rsa_key(path: Path) -> None:
-    """A 2048-bit RSA private key (PEM) for signing ServiceAccount tokens."""
+def _make_signing_key(key: Path, pub: Path) -> None:
+    """An ECDSA P-256 key pair (PEM) for ServiceAccount tokens (ES256; RSA would take ~0.4s)."""
     openssl = shutil.which("openssl")
     if not openssl:
         raise ClusterError(
             "openssl is needed to generate the service-account key (apt-get install openssl)"
         )
-    subprocess.run(
-        [
-            openssl,
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    path.chmod(0o600)
+    for args in (
+        ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+        ["pkey", "-in", str(key), "-pubout", "-out", str(pub)],
+    ):
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+    key.chmod(0o600)
 
 
 def down(workdir: str | os.PathLike[str], grace: float = 10.0) -> bool:

@@ -6,7 +6,10 @@ Fixtures
   e2e_cluster       + controller-manager, scheduler, kwok and fake GPU nodes:
                     2 x 8 NVIDIA-H100-80GB-HBM3 (gpu-h100-0/1) and 1 x 4 NVIDIA-L4 (gpu-l4-0).
   envtest_client / e2e_client   a `kubernetes.client.ApiClient` for the admin kubeconfig.
-  k8s_namespace_factory          creates uniquely named namespaces, deleted at session end.
+  k8s_namespace                  a fresh namespace for one test; deleted (without waiting) after it,
+                                 which frees the fake GPUs its pods held for the next tests.
+  k8s_namespace_factory          (session scope) `make("prefix")` -> a fresh namespace; deleted at
+                                 session end.
 
 Both cluster fixtures yield a `devcluster.Cluster` (`.kubeconfig`, `.server`, `.token`, `.request()`,
 `.service_account_kubeconfig(ns, sa)`). Binaries come from $KVCAP_K8S_BIN or the hack/build-k8s.sh cache;
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,10 +53,13 @@ class _Clusters:
         self.factory = factory
         self.by_tier: dict[str, devcluster.Cluster] = {}
         self.owned: list[devcluster.Cluster] = []
+        self.failed: dict[str, str] = {}
 
     def get(self, tier: str) -> devcluster.Cluster:
         if tier in self.by_tier:
             return self.by_tier[tier]
+        if tier in self.failed:  # fail every test that needs it fast, with the same message
+            pytest.fail(self.failed[tier], pytrace=False)
         if os.environ.get("KVCAP_K8S_ATTACH"):
             c = devcluster.Cluster.attach(os.environ["KVCAP_K8S_ATTACH"])
             if tier == "e2e" and c.tier != "e2e":
@@ -71,7 +78,8 @@ class _Clusters:
             except devcluster.ClusterError as e:
                 error = str(e)
             if error is not None:  # fail (never skip) outside the except: no chained traceback
-                pytest.fail(f"could not start the {tier} control plane: {error}", pytrace=False)
+                self.failed[tier] = f"could not start the {tier} control plane: {error}"
+                pytest.fail(self.failed[tier], pytrace=False)
             self.owned.append(c)
         self.by_tier[tier] = c
         return c
@@ -146,3 +154,15 @@ def k8s_namespace_factory(envtest_cluster: devcluster.Cluster) -> Iterator[Calla
     for name in made:
         with contextlib.suppress(devcluster.ClusterError, OSError):
             envtest_cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def k8s_namespace(
+    request: pytest.FixtureRequest, envtest_cluster: devcluster.Cluster
+) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))[:40]
+    name = f"{base.strip('-')}-{uuid.uuid4().hex[:6]}"
+    envtest_cluster.ensure_namespace(name)
+    yield name
+    with contextlib.suppress(devcluster.ClusterError, OSError):
+        envtest_cluster.request("DELETE", f"/api/v1/namespaces/{name}")

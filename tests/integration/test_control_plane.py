@@ -106,7 +106,7 @@ WIDGET_CRD = {
 
 
 @pytest.mark.timeout(240)
-def test_crd_cel_rule_rejects_a_bad_object(envtest_cluster, envtest_client, k8s_namespace_factory):
+def test_crd_cel_rule_rejects_a_bad_object(envtest_cluster, envtest_client, k8s_namespace):
     ext = client.ApiextensionsV1Api(envtest_client)
     try:
         ext.create_custom_resource_definition(WIDGET_CRD)
@@ -121,7 +121,7 @@ def test_crd_cel_rule_rejects_a_bad_object(envtest_cluster, envtest_client, k8s_
         ),
     )
 
-    ns = k8s_namespace_factory("cel")
+    ns = k8s_namespace
     objs = client.CustomObjectsApi(envtest_client)
 
     def widget(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -161,8 +161,8 @@ def _create_or_none(objs: client.CustomObjectsApi, ns: str, body: dict[str, Any]
 
 
 @pytest.mark.timeout(240)
-def test_rbac_is_enforced_for_service_accounts(envtest_cluster, k8s_namespace_factory):
-    ns = k8s_namespace_factory("rbac")
+def test_rbac_is_enforced_for_service_accounts(envtest_cluster, k8s_namespace):
+    ns = k8s_namespace
     kubeconfig = envtest_cluster.service_account_kubeconfig(ns, "nobody")
     from kubernetes import config
 
@@ -280,9 +280,9 @@ def test_fake_gpu_nodes_look_like_gpu_feature_discovery_made_them(e2e_client):
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_gpu_deployment_is_scheduled_on_a_fake_gpu_node_and_becomes_ready(
-    e2e_cluster, e2e_client, k8s_namespace_factory
+    e2e_cluster, e2e_client, k8s_namespace
 ):
-    ns = k8s_namespace_factory("gpu")
+    ns = k8s_namespace
     apps, core = client.AppsV1Api(e2e_client), client.CoreV1Api(e2e_client)
     labels = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "llama"}
     apps.create_namespaced_deployment(
@@ -314,8 +314,8 @@ def test_gpu_deployment_is_scheduled_on_a_fake_gpu_node_and_becomes_ready(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-def test_pod_wanting_more_gpus_than_any_node_has_stays_pending(e2e_client, k8s_namespace_factory):
-    ns = k8s_namespace_factory("toobig")
+def test_pod_wanting_more_gpus_than_any_node_has_stays_pending(e2e_client, k8s_namespace):
+    ns = k8s_namespace
     core = client.CoreV1Api(e2e_client)
     core.create_namespaced_pod(
         ns,
@@ -337,8 +337,8 @@ def test_pod_wanting_more_gpus_than_any_node_has_stays_pending(e2e_client, k8s_n
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-def test_owner_reference_garbage_collection_deletes_children(e2e_client, k8s_namespace_factory):
-    ns = k8s_namespace_factory("gc")
+def test_owner_reference_garbage_collection_deletes_children(e2e_client, k8s_namespace):
+    ns = k8s_namespace
     core, apps = client.CoreV1Api(e2e_client), client.AppsV1Api(e2e_client)
     owner = core.create_namespaced_config_map(ns, {"metadata": {"name": "owner"}})
     ref = [
