@@ -78,8 +78,15 @@ image: ## Build the operator image
 deploy: ## Install CRD + operator with kubectl (no Helm)
 	kubectl apply -f manifests/crds.yaml -f manifests/namespace.yaml -f manifests/rbac.yaml -f manifests/deployment.yaml
 
+KWOK_TOLERATION := [{"key":"kwok.x-k8s.io/node","operator":"Exists","effect":"NoSchedule"}]
+
 .PHONY: sandbox
-sandbox: setup k8s-binaries ## Local control plane with fake GPU nodes + the operator + an example
+sandbox: setup k8s-binaries ## Local control plane with fake GPU nodes, the operator, and $(EXAMPLE) applied
+	@KUBECTL=$$(hack/get-helm.sh kubectl) && \
+	PATH="$$(dirname $$KUBECTL):$$PATH" \
+	KVCAP_EXTRA_TOLERATIONS='$(KWOK_TOLERATION)' \
+	SANDBOX_OPERATOR_CMD='$(CURDIR)/$(BIN)/kvcap run --liveness http://127.0.0.1:8089/healthz' \
+	SANDBOX_APPLY='crds/ $(EXAMPLE)' \
 	hack/sandbox.sh up
 
 .PHONY: sandbox-down

@@ -70,9 +70,33 @@ stop_operator() {
   rm -f "$pidfile"
 }
 
+# Wait until the operator has planned every ModelDeployment, then show the plan and where the pods landed.
+show_result() {
+  [[ -n ${SANDBOX_APPLY:-} ]] || return 0
+  local k=(kubectl --kubeconfig "$KUBECONFIG_PATH")
+  say "waiting for the operator to plan and for pods to be scheduled"
+  for _ in $(seq 90); do
+    if [[ -n $("${k[@]}" get modeldeployments -A -o jsonpath='{.items[*].status.totalGpus}' 2>/dev/null) ]] &&
+      [[ -n $("${k[@]}" get pods -A -l app.kubernetes.io/managed-by=kvcap -o name 2>/dev/null) ]]; then
+      break
+    fi
+    sleep 1
+  done
+  echo
+  "${k[@]}" get modeldeployments -A -o wide || true
+  echo
+  "${k[@]}" get modeldeployments -A \
+    -o jsonpath='{range .items[*]}{.metadata.name}: {.status.plan.message}{"\n"}  {.status.plan.splitDecision}{"\n"}{range .status.plan.pools[*]}  pool {.name}: {.replicas} x {.gpuProduct} TP {.tensorParallelSize}, max-model-len {.maxModelLen}, max-num-seqs {.maxNumSeqs}, {.kvTokensPerReplica} KV tokens/replica{"\n"}{end}{end}' || true
+  echo
+  "${k[@]}" get deployments,services -A -l app.kubernetes.io/managed-by=kvcap || true
+  echo
+  "${k[@]}" get pods -A -l app.kubernetes.io/managed-by=kvcap -o wide || true
+}
+
 post_up_hooks() {
+  apply_manifests # CRDs first, as a chart install creates them before the operator starts
   start_operator
-  apply_manifests
+  show_result
 }
 
 pre_down_hooks() {
