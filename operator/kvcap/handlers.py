@@ -22,8 +22,6 @@ from kvcap.kube import Kube
 from kvcap.reconcile import OperatorContext, reconcile, resync_forever
 from kvcap.settings import load_settings
 
-SETTINGS = load_settings()
-
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def model_deployments(namespace: str, name: str, uid: str, **_: Any) -> dict[Any, str]:
@@ -48,8 +46,9 @@ async def configure(
     settings.posting.level = (
         logging.INFO
     )  # only explicit kopf.event() calls (posting.loggers=False)
+    options = load_settings()  # at startup, not import: the environment is final by now
     memo.ctx = OperatorContext(
-        kube=Kube.from_environment(discovery_ttl=SETTINGS.discovery_ttl_seconds), settings=SETTINGS
+        kube=Kube.from_environment(discovery_ttl=options.discovery_ttl_seconds), settings=options
     )
     memo.resync = asyncio.create_task(resync_forever(memo.ctx, model_deployments))
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import kopf
 from pydantic import ValidationError
 
-from kvcap import GROUP, PLURAL, VERSION
+from kvcap import GROUP, PLURAL, VERSION, catalog
 from kvcap import constants as kc
 from kvcap.conditions import (
     Check,
@@ -40,9 +40,12 @@ from kvcap.conditions import (
     status_changed,
     transition_events,
 )
+from kvcap.errors import KvcapError
+from kvcap.hfhub import fetch_config
 from kvcap.kube import ApiError, Kube, plural_for
 from kvcap.models import ModelDeploymentSpec
 from kvcap.plan_types import CapacityPlan
+from kvcap.planner import plan_deployment
 from kvcap.render import (
     Features,
     Owner,
@@ -401,8 +404,6 @@ async def load_model_config(
         text = await ctx.kube.read_key("ConfigMap", namespace, ref.name, ref.key)
         return parse_model_config(text, f"ConfigMap '{ref.name}' key '{ref.key}'")
 
-    from kvcap import catalog
-
     if catalog.find_model(spec.model.name) is not None:
         return None  # the planner reads the catalog
     token = None
@@ -420,8 +421,6 @@ async def load_model_config(
     cached = ctx.hub_cache.get(key)
     if cached is not None and time.monotonic() - cached[0] < HUB_CACHE_SECONDS:
         return cached[1]
-    from kvcap.hfhub import fetch_config
-
     config = await asyncio.to_thread(
         fetch_config,
         spec.model.name,
@@ -433,12 +432,6 @@ async def load_model_config(
     return config
 
 
-def _real_planner() -> PlanFn:
-    from kvcap.planner import plan_deployment
-
-    return plan_deployment
-
-
 async def run_planner(
     ctx: OperatorContext,
     spec: ModelDeploymentSpec,
@@ -446,9 +439,7 @@ async def run_planner(
     gpus: dict[str, int] | None,
 ) -> tuple[CapacityPlan | None, Check]:
     """Call the planner (in a thread: pure, but may be CPU-heavy) and map its outcome to a Check."""
-    from kvcap.errors import KvcapError
-
-    plan_fn = ctx.plan_fn or _real_planner()
+    plan_fn = ctx.plan_fn or plan_deployment
     try:
         plan = await asyncio.to_thread(plan_fn, spec, config=config, cluster_gpus=gpus)
     except KvcapError as err:

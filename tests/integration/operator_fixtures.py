@@ -21,7 +21,10 @@ from typing import Any
 from unittest import mock
 
 import devcluster
+import hypothesis  # noqa: F401  (imported before the operator thread starts; see kvcap_operator)
 import pytest
+from kopf.testing import KopfRunner
+from kubernetes.config import kube_config
 from operator_helpers import (
     CRD_FILE,
     OP_PREFIX,
@@ -31,6 +34,8 @@ from operator_helpers import (
     crd_documents,
     delete_namespace,
 )
+
+import kvcap.handlers  # noqa: F401  (registers the handlers; imported here, not in the thread)
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +54,10 @@ def kvcap_crd(kvcap_api: Api) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def kvcap_operator(e2e_cluster: devcluster.Cluster, kvcap_crd: dict[str, Any]) -> Iterator[Any]:
-    from kopf.testing import KopfRunner
-    from kubernetes.config import kube_config
 
+    # Everything either thread imports is imported before the operator thread starts: CPython
+    # 3.11.7 can corrupt its AST-recursion bookkeeping when two threads compile at once
+    # ("SystemError: AST constructor recursion depth mismatch", fixed in later 3.11/3.12 releases).
     env = {"KUBECONFIG": str(e2e_cluster.kubeconfig), **OPERATOR_ENV}
     # The kubernetes package reads $KUBECONFIG once, at import (kopf logs in through it).
     with (

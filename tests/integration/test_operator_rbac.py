@@ -86,7 +86,7 @@ def apply_docs(api: Api, docs: list[dict[str, Any]], namespace: str) -> list[str
     return paths
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("mode", ["namespaced", "cluster-wide"])
 def test_operator_under_the_chart_rbac(mode: str, kvcap_api: Api, kvcap_crd: Any,
                                        fresh_namespace: Any, tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_operator_under_the_chart_rbac(mode: str, kvcap_api: Api, kvcap_crd: Any
             md = api.md(ns, "rbac")
             return md if is_current(md, "Ready", "True") else None
 
-        md = wait_for("Ready under the chart's RBAC", ready, 90)
+        md = wait_for("Ready under the chart's RBAC", ready, 150)
         report(f"RBAC ({mode}): operator start + create -> Ready", time.monotonic() - t0)
         assert is_current(md, "Schedulable", "True", "GpusAvailable")  # Nodes were listed
         assert [p["name"] for p in md["status"]["plan"]["pools"]] == ["default", "long"]

@@ -26,7 +26,7 @@ def owned(api: Api, ns: str, kind_path: str) -> list[dict[str, Any]]:
     return api.items(f"{kind_path.format(ns=ns)}", "app.kubernetes.io/managed-by=kvcap")
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_killed_mid_reconcile_and_restarted_converges_without_duplicates(
     kvcap_api: Api, kvcap_crd: Any, fresh_namespace: Any, tmp_path: Path
 ) -> None:
@@ -81,7 +81,7 @@ def test_killed_mid_reconcile_and_restarted_converges_without_duplicates(
             mds = [api.md(ns, name) for name in specs]
             return mds if all(is_current(m, "Ready", "True") for m in mds) else None  # type: ignore[return-value]
 
-        mds = wait_for("all ModelDeployments Ready after the restart", converged, 120, 0.25)
+        mds = wait_for("all ModelDeployments Ready after the restart", converged, 150, 0.25)
         report(
             f"restart -> converged (at the kill: {before} of 4 each, {statuses} of 3 "
             f"statuses written)",
