@@ -295,7 +295,7 @@ def build_status(
         "observedGeneration": generation,
         "replicas": desired,
         "readyReplicas": ready_replicas,
-        "totalGpus": plan.total_gpus if feasible_plan is not None else 0,
+        "totalGpus": feasible_plan.total_gpus if feasible_plan is not None else 0,
         "lowerBoundGpus": plan.lower_bound_gpus if plan is not None else 0,
         "plan": plan_status,
         "conditions": conds,

@@ -24,17 +24,12 @@ from kvcap.settings import load_settings
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def model_deployments(namespace: str, name: str, uid: str, **_: Any) -> dict[Any, str]:
+def model_deployments(namespace: str | None, name: str, uid: str, **_: Any) -> dict[Any, str]:
     return {(namespace, name): uid}
 
 
 @kopf.on.startup()
-async def configure(
-    settings: kopf.OperatorSettings,
-    memo: kopf.Memo,
-    model_deployments: kopf.Index[Any, str],
-    **_: Any,
-) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = kc.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=kc.ANNOTATION_PREFIX
@@ -50,7 +45,8 @@ async def configure(
     memo.ctx = OperatorContext(
         kube=Kube.from_environment(discovery_ttl=options.discovery_ttl_seconds), settings=options
     )
-    memo.resync = asyncio.create_task(resync_forever(memo.ctx, model_deployments))
+    # kopf passes every index to every handler as a kwarg named after it (live, filled later)
+    memo.resync = asyncio.create_task(resync_forever(memo.ctx, kwargs["model_deployments"]))
 
 
 @kopf.on.cleanup()

@@ -93,10 +93,10 @@ def label_selector(labels: Mapping[str, str]) -> str:
 def _load_configuration() -> k8s_client.Configuration:
     cfg = k8s_client.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=cfg)
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         # $KUBECONFIG is read now: the kubernetes package reads it once, at import time.
-        k8s_config.load_kube_config(
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg
         )
     return cfg
@@ -191,7 +191,7 @@ class Kube:
                 return None
             raise
 
-    async def list(
+    async def list_objects(
         self,
         api_version: str,
         plural: str,
@@ -267,7 +267,7 @@ class Kube:
         value = (obj.get("data") or {}).get(key)
         if value is None and key in (obj.get("binaryData") or {}):
             value = base64.b64decode(obj["binaryData"][key]).decode()
-        return value  # type: ignore[no-any-return]
+        return value
 
     async def post_event(
         self, obj: Mapping[str, Any], *, type: str, reason: str, message: str
@@ -325,4 +325,4 @@ class Kube:
     # --- nodes and pods ---
 
     async def list_nodes(self) -> list[dict[str, Any]]:
-        return await self.list("v1", "nodes", None)
+        return await self.list_objects("v1", "nodes", None)

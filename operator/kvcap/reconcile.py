@@ -40,7 +40,7 @@ from kvcap.conditions import (
     status_changed,
     transition_events,
 )
-from kvcap.errors import KvcapError
+from kvcap.errors import InvalidModelConfig, KvcapError, ModelNotFound
 from kvcap.hfhub import fetch_config
 from kvcap.kube import ApiError, Kube, plural_for
 from kvcap.models import ModelDeploymentSpec
@@ -62,7 +62,8 @@ from kvcap.settings import Settings
 Trigger = Literal["change", "resync"]
 Inventory = Mapping[str, Sequence[int]]  # gpu.product label value -> allocatable GPUs of each node
 PlanFn = Callable[..., CapacityPlan]
-HUB_CACHE_SECONDS = 3600.0
+HUB_CACHE_SECONDS = 3600.0  # a fetched config.json is reused this long
+HUB_MISS_SECONDS = 300.0  # a definite answer (404, not a config) is not asked again sooner
 
 # =================================================================================================
 # Pure decisions
@@ -351,7 +352,7 @@ class OperatorContext:
     settings: Settings
     plan_fn: PlanFn | None = None  # tests inject a planner; None: kvcap.planner.plan_deployment
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    hub_cache: dict[tuple[str, str | None, str], tuple[float, dict[str, Any]]] = field(
+    hub_cache: dict[tuple[str, str | None, str], tuple[float, dict[str, Any] | KvcapError]] = field(
         default_factory=dict
     )
 
@@ -419,15 +420,23 @@ async def load_model_config(
     digest = hashlib.sha256((token or "").encode()).hexdigest()[:16]
     key = (spec.model.name, spec.model.revision, digest)
     cached = ctx.hub_cache.get(key)
-    if cached is not None and time.monotonic() - cached[0] < HUB_CACHE_SECONDS:
-        return cached[1]
-    config = await asyncio.to_thread(
-        fetch_config,
-        spec.model.name,
-        token=token,
-        revision=spec.model.revision,
-        endpoint=ctx.settings.hf_endpoint,
-    )
+    if cached is not None:
+        age, value = time.monotonic() - cached[0], cached[1]
+        if isinstance(value, KvcapError) and age < HUB_MISS_SECONDS:
+            raise value
+        if isinstance(value, dict) and age < HUB_CACHE_SECONDS:
+            return value
+    try:
+        config = await asyncio.to_thread(
+            fetch_config,
+            spec.model.name,
+            token=token,
+            revision=spec.model.revision,
+            endpoint=ctx.settings.hf_endpoint,
+        )
+    except (ModelNotFound, InvalidModelConfig) as err:  # definite; HubError is retried
+        ctx.hub_cache[key] = (time.monotonic(), err)
+        raise
     ctx.hub_cache[key] = (time.monotonic(), config)
     return config
 
@@ -456,7 +465,9 @@ async def list_children(
 ) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = []
     for api_version, plural in desired_features(features):
-        listed.extend(await kube.list(api_version, plural, namespace, owner_selector(owner_name)))
+        listed.extend(
+            await kube.list_objects(api_version, plural, namespace, owner_selector(owner_name))
+        )
     return listed
 
 
@@ -695,7 +706,7 @@ async def _reconcile(
             workloads.get(p.name) is None or workloads[p.name].ready_replicas < p.replicas
             for p in runnable.pools
         ):
-            pods = await kube.list("v1", "pods", namespace, owner_selector(name))
+            pods = await kube.list_objects("v1", "pods", namespace, owner_selector(name))
             pending = unschedulable_pods(pods)
         schedulable = check_schedulable(spec, runnable, inventory, pending)
     except ApiError as err:
@@ -765,7 +776,13 @@ async def resync_one(ctx: OperatorContext, namespace: str, name: str) -> None:
         return
     patch = kopf.Patch()
     try:
-        await reconcile(kopf.Body(raw), patch=patch, logger=logger, ctx=ctx, trigger="resync")
+        await reconcile(
+            kopf.Body(raw),  # type: ignore[arg-type]
+            patch=patch,
+            logger=logger,
+            ctx=ctx,
+            trigger="resync",
+        )
     except kopf.TemporaryError as err:
         _resync_logger.debug(
             "Resync of ModelDeployment %s/%s will be retried: %s", namespace, name, err

@@ -233,7 +233,7 @@ class FakeKube:
     async def has_resource(self, group: str, version: str, plural: str) -> bool:
         return (group, version, plural) in self.apis
 
-    async def list(self, api_version: str, plural: str, namespace: str | None,
+    async def list_objects(self, api_version: str, plural: str, namespace: str | None,
                    labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
         self.calls.append(f"list {plural}")
         if self.fail is not None:
@@ -487,3 +487,59 @@ async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> Non
     stored["metadata"] = {**stored["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}
     await resync_one(ctx, "team-a", "llama")
     assert len(kube.status_patches) == count
+
+
+async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kvcap.reconcile as rec
+    from kvcap.errors import HubError
+
+    calls: list[dict[str, Any]] = []
+    answers: dict[str, Any] = {"org/private": {"model_type": "llama"}}
+
+    def fake_fetch(model_id: str, **kw: Any) -> dict[str, Any]:
+        calls.append({"model": model_id, **kw})
+        answer = answers[model_id]
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer)
+
+    monkeypatch.setattr(rec, "fetch_config", fake_fetch)
+    kube, planner = FakeKube(), Recorder()
+    kube.objects[("secrets", "team-a", "hf")] = {"data": {"token": " hf_secret\n"}}
+    spec = copy.deepcopy(SPEC)
+    spec["model"] = {"name": "org/private", "revision": "v1",
+                     "hfTokenSecretRef": {"name": "hf", "key": "token"}}
+    ctx = OperatorContext(kube=kube, settings=Settings(hf_endpoint="http://mirror"),  # type: ignore[arg-type]
+                          plan_fn=planner)
+    for _ in range(2):
+        await reconcile(body_for(spec), patch=kopf.Patch(), logger=_logger(), ctx=ctx)
+    assert calls == [{"model": "org/private", "token": "hf_secret", "revision": "v1",
+                      "endpoint": "http://mirror"}]  # fetched once, then cached
+    assert planner.calls[-1]["config"] == {"model_type": "llama"}
+    dep = kube.objects[("deployments", "team-a", "llama-default")]
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "HF_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+
+    # a 404 is remembered for a while; an unreachable Hub is retried (TemporaryError)
+    answers["org/missing"] = ModelNotFound("model 'org/missing' has no config.json")
+    spec["model"] = {"name": "org/missing"}
+    for _ in range(2):
+        patch = kopf.Patch()
+        await reconcile(body_for(spec), patch=patch, logger=_logger(), ctx=ctx)
+        assert get_condition(patch["status"], "CapacityPlanned")["reason"] == "ModelNotFound"  # type: ignore[index]
+    assert [c["model"] for c in calls].count("org/missing") == 1
+    answers["org/down"] = HubError("could not reach the Hub")
+    spec["model"] = {"name": "org/down"}
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError):
+        await reconcile(body_for(spec), patch=patch, logger=_logger(), ctx=ctx)
+    assert get_condition(patch["status"], "CapacityPlanned")["reason"] == "HubUnavailable"  # type: ignore[index]
+    # a token Secret that does not exist
+    spec["model"] = {"name": "org/private", "hfTokenSecretRef": {"name": "nope", "key": "token"}}
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError):
+        await reconcile(body_for(spec), patch=patch, logger=_logger(), ctx=ctx)
+    cond = get_condition(patch["status"], "CapacityPlanned")
+    assert cond is not None and cond["reason"] == "ModelConfigUnavailable"
+    assert "Secret 'nope' key 'token'" in cond["message"]
