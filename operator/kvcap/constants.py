@@ -111,8 +111,10 @@ INFEASIBLE: Final = "Infeasible"  # The planner found no plan; the message is th
 INVALID_SPEC: Final = "InvalidSpec"  # `spec` failed validation (pydantic); retrying cannot help.
 # The ConfigMap's config.json is missing or not JSON.
 INVALID_MODEL_CONFIG: Final = "InvalidModelConfig"
-# Hub unreachable / token Secret missing.
+# The token Secret is missing (the Hub itself reports HUB_UNAVAILABLE).
 MODEL_CONFIG_UNAVAILABLE: Final = "ModelConfigUnavailable"
+# The Hugging Face Hub could not be reached (kvcap.errors.HubError.reason); retried.
+HUB_UNAVAILABLE: Final = "HubUnavailable"
 # A replica spans nodes but the LeaderWorkerSet API is absent.
 NEEDS_MULTI_NODE: Final = "NeedsMultiNode"
 PLANNER_ERROR: Final = "PlannerError"  # The planner raised an unexpected exception (a kvcap bug).

@@ -306,6 +306,29 @@ def skip_resync(body: Mapping[str, Any]) -> bool:
     )
 
 
+PERMANENT_REASONS = frozenset(
+    {kc.INFEASIBLE, kc.NEEDS_MULTI_NODE, kc.INVALID_MODEL_CONFIG, kc.PLANNER_ERROR}
+)
+TRANSIENT_REASONS = frozenset({kc.MODEL_CONFIG_UNAVAILABLE, kc.HUB_UNAVAILABLE})
+
+
+def decide_error(
+    trigger: Trigger, planned: Check, synced: Check, retry_delay: float
+) -> Exception | None:
+    """What the handler raises after the status is written (kopf `errors.rst`): TemporaryError for
+    what may heal by itself (the Hub, a Secret still to come), PermanentError on change events for
+    what only a spec change can fix (the resync loop never raises those: it just re-checks)."""
+    if not planned.ok and planned.reason in TRANSIENT_REASONS:
+        return kopf.TemporaryError(planned.message, delay=max(60.0, retry_delay))
+    if trigger != "change":
+        return None
+    if not planned.ok and planned.reason in PERMANENT_REASONS:
+        return kopf.PermanentError(f"{planned.reason}: {planned.message}")
+    if synced.reason == kc.APPLY_REJECTED:
+        return kopf.PermanentError(synced.message)
+    return None
+
+
 def vllm_version(spec: ModelDeploymentSpec, plan: CapacityPlan | None) -> str:
     if plan is not None and plan.extra.get("vllm_version"):
         return str(plan.extra["vllm_version"])[:64]
@@ -733,23 +756,7 @@ async def _reconcile(
         vllm_version=vllm_version(spec, plan),
         now=now,
     )
-    error: Exception | None = None
-    if (
-        trigger == "change"
-        and not planned.ok
-        and planned.reason
-        in (
-            kc.INFEASIBLE,
-            kc.NEEDS_MULTI_NODE,
-            kc.INVALID_MODEL_CONFIG,
-            kc.PLANNER_ERROR,
-        )
-    ):
-        error = kopf.PermanentError(f"{planned.reason}: {planned.message}")
-    elif not planned.ok and planned.reason in (kc.MODEL_CONFIG_UNAVAILABLE, "HubUnavailable"):
-        error = kopf.TemporaryError(planned.message, delay=max(60.0, settings.retry_delay_seconds))
-    elif trigger == "change" and synced.reason == kc.APPLY_REJECTED:
-        error = kopf.PermanentError(synced.message)
+    error = decide_error(trigger, planned, synced, settings.retry_delay_seconds)
     if status_changed(old_status, status):
         logger.info(
             "Reconciled ModelDeployment %s/%s: %s=%s (%s), %s=%s, %d children, %.0f ms",
