@@ -613,6 +613,11 @@ class Cluster:
                 f"--root-ca-file={self.ca_file}",
                 "--use-service-account-credentials=false",
                 "--controllers=*,-nodeipam",
+                # v1.36's stale-cache guard (KEP-5647, beta) requeues the ReplicaSet controller whenever
+                # its informer lags a write; on a loaded 2-core CI machine that left ReplicaSet status
+                # stale for up to 60 s ("read version X is not as new as written version Y") and made
+                # rollout waits flaky. The controllers are otherwise unchanged.
+                "--feature-gates=StaleControllerConsistencyReplicaSet=false",
             ],
         )
         self._spawn(
