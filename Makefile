@@ -43,6 +43,10 @@ k8s-binaries: ## Build and cache kube-apiserver, controller-manager, scheduler, 
 test-integration: setup k8s-binaries ## Integration + e2e tests on a real control plane (etcd, apiserver, scheduler, kwok)
 	$(PYTEST) tests/integration -q
 
+.PHONY: test-operator
+test-operator: setup k8s-binaries ## Operator integration tests only (real control plane, kwok GPU nodes)
+	$(PYTEST) tests/integration/test_operator.py tests/integration/test_operator_fuzz.py tests/integration/test_operator_optional_apis.py tests/integration/test_operator_rbac.py tests/integration/test_operator_restart.py -q
+
 .PHONY: test
 test: setup k8s-binaries ## All tests: unit, then integration on the real control plane
 	$(PYTEST) tests -q
