@@ -23,14 +23,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise ModelNotFound(f"cannot read '{path}': {err.strerror}") from err
+    return parse_config_text(text, f"'{path}'")
+
+
+def parse_config_text(text: str, where: str) -> dict[str, Any]:
+    """Parse config.json text (a file, a ConfigMap key); InvalidModelConfig says where and why."""
     try:
         config = json.loads(text)
     except json.JSONDecodeError as err:
         raise InvalidModelConfig(
-            f"'{path}' is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+            f"{where} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
         ) from err
     if not isinstance(config, dict):
-        raise InvalidModelConfig(f"'{path}' must hold a JSON object (a Hugging Face config.json)")
+        raise InvalidModelConfig(f"{where} must hold a JSON object (a Hugging Face config.json)")
     return config
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from kvcap.conditions import (
 from kvcap.errors import InvalidModelConfig, KvcapError, ModelNotFound
 from kvcap.hfhub import fetch_config
 from kvcap.kube import ApiError, Kube, plural_for
+from kvcap.loader import parse_config_text
 from kvcap.models import ModelDeploymentSpec
 from kvcap.plan_types import CapacityPlan
 from kvcap.planner import plan_deployment
@@ -340,14 +340,9 @@ def parse_model_config(text: str | None, where: str) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{where} does not exist")
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{where} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
-        ) from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{where} must hold a JSON object (a Hugging Face config.json)")
-    return config
+        return parse_config_text(text, where)
+    except InvalidModelConfig as err:
+        raise ValueError(err.message) from None
 
 
 def desired_features(features: Features) -> list[tuple[str, str]]:
