@@ -163,11 +163,6 @@ def kv_dtype_bytes(kv_cache_dtype: str, arch: ModelArch) -> int:
     return arch.dtype_bytes
 
 
-def default_block_size(arch: ModelArch, gpu: Gpu) -> int:
-    """vLLM's platform default: 16; hybrid Mamba models get a larger one (computed later)."""
-    return DEFAULT_BLOCK_SIZE
-
-
 def pp_layer_split(num_layers: int, pp: int) -> list[tuple[int, int]]:
     """Layer ranges per pipeline stage, as vllm/distributed/utils.py `get_pp_indices` splits them:
     even split, with the remainder going to the stages before the last one."""
@@ -478,7 +473,7 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
     assert num_blocks is not None
     group_size = max(n for _, n in sizing) or 1
     kv_groups = tuple(
-        KvGroup(kind, n, _blocks_per_request(kind, arch, max_model_len, bs if kind != MAMBA else bs,
+        KvGroup(kind, n, _blocks_per_request(kind, arch, max_model_len, bs,
                                              tokens, dcp))
         for kind, n in sizing
     )
