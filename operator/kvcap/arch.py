@@ -198,8 +198,7 @@ def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, .
         no_rope = cfg.get("no_rope_layers")
         if isinstance(no_rope, list) and len(no_rope) >= n_layers:
             return tuple(CHUNKED if no_rope[i] else FULL for i in range(n_layers))
-        step = int((cfg.get("interleave_moe_layer_step") and 4) or 4)
-        return tuple(FULL if (i + 1) % step == 0 else CHUNKED for i in range(n_layers))
+        return tuple(FULL if (i + 1) % 4 == 0 else CHUNKED for i in range(n_layers))
     if model_type in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window") \
             and window:
         first = int(cfg.get("max_window_layers", n_layers))
@@ -298,7 +297,7 @@ def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, he
         return total, embedding, experts, n_experts, n_experts > 0
     kind_iter = list(kinds) + [FULL] * max(0, n_layers - len(kinds))
     for i in range(n_layers):
-        kind = kind_iter[i] if i < len(kind_iter) else FULL
+        kind = kind_iter[i]
         total += mamba_params if kind == MAMBA else attn
         is_moe_layer = n_experts > 0 and i >= first_dense and i not in mlp_only and (
             (i + 1) % sparse_step == 0 if sparse_step > 1 else True)

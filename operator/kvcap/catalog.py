@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,8 @@ class Gpu:
     @property
     def product_labels(self) -> tuple[str, ...]:
         """`nvidia.com/gpu.product` values GPU Feature Discovery puts on nodes with this GPU."""
-        labels = [a for a in self.aliases if " " not in a and a.upper() == a.upper() and "-" in a
-                  and (a.startswith(("NVIDIA-", "Tesla-", "AMD-", "Quadro-")))]
+        labels = [a for a in self.aliases
+                  if " " not in a and a.startswith(("NVIDIA-", "Tesla-", "AMD-", "Quadro-"))]
         return tuple(labels) or (self.name,)
 
 
@@ -159,10 +159,7 @@ def get_gpu(name: str, memory_gib: float | None = None) -> Gpu:
     """A catalog GPU by name/alias/product label, or a custom one when `memory_gib` is given."""
     gpu = find_gpu(name) if name else None
     if gpu is not None:
-        if memory_gib is not None:
-            return Gpu(gpu.name, gpu.aliases, gpu.vendor, int(memory_gib * GIB), gpu.bandwidth_gbps,
-                       gpu.bf16_tflops, gpu.fp8, gpu.compute_capability)
-        return gpu
+        return gpu if memory_gib is None else replace(gpu, memory_bytes=int(memory_gib * GIB))
     if memory_gib is not None:
         return Gpu(name or "custom", (), "nvidia", int(memory_gib * GIB), 0.0, 0.0, True)
     names = [g.name for g in all_gpus()]

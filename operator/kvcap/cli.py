@@ -18,16 +18,12 @@ from pydantic import ValidationError
 
 from kvcap import __version__, catalog
 from kvcap.catalog import GIB
-from kvcap.errors import KvcapError
+from kvcap.errors import InvalidArgument, KvcapError
 from kvcap.loader import load_model
 from kvcap.memory import KV_DTYPES, Estimate, ServeArgs, estimate
 from kvcap.plan_types import CapacityPlan
 
 EXIT_OK, EXIT_UNFIT, EXIT_INPUT = 0, 1, 2
-
-
-class UsageError(KvcapError):
-    reason = "InvalidArgument"
 
 
 def _positive_int(text: str) -> int:
@@ -256,17 +252,17 @@ def _read_manifest(path: str) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as err:
-        raise UsageError(f"cannot read '{path}': {err.strerror}") from err
+        raise InvalidArgument(f"cannot read '{path}': {err.strerror}") from err
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
-        raise UsageError(f"'{path}' is not valid YAML: {err}") from err
+        raise InvalidArgument(f"'{path}' is not valid YAML: {err}") from err
     mdeps = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ModelDeployment"]
     if not mdeps:
-        raise UsageError(f"'{path}' holds no ModelDeployment (kind: ModelDeployment, apiVersion: "
+        raise InvalidArgument(f"'{path}' holds no ModelDeployment (kind: ModelDeployment, apiVersion: "
                          f"kvcap.io/v1alpha1)")
     if len(mdeps) > 1:
-        raise UsageError(f"'{path}' holds {len(mdeps)} ModelDeployments; plan one at a time")
+        raise InvalidArgument(f"'{path}' holds {len(mdeps)} ModelDeployments; plan one at a time")
     return mdeps[0]
 
 
@@ -325,7 +321,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     try:
         manifest = parse_manifest(doc)
     except ValidationError as err:
-        raise UsageError(_validation_message(err, ns.filename)) from None
+        raise InvalidArgument(_validation_message(err, ns.filename)) from None
     spec = manifest.spec
     config = None
     if ns.config:
@@ -346,10 +342,9 @@ def cmd_plan(ns: argparse.Namespace) -> int:
 
 
 def cmd_models(ns: argparse.Namespace) -> int:
-    from kvcap.loader import _catalog_arch
     rows = []
     for model_id in catalog.model_ids():
-        arch = _catalog_arch(model_id)
+        arch = load_model(model_id)
         rows.append({"id": model_id, "params_b": round(arch.num_parameters / 1e9, 2),
                      "layers": len(arch.layer_kinds), "kv_heads": arch.num_kv_heads,
                      "head_dim": arch.head_dim, "kinds": arch.kind_counts,

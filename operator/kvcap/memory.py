@@ -187,7 +187,6 @@ class _Layout:
     mamba_page: int  # padded state bytes per Mamba layer on one GPU (0 if none)
     block_size: int
     page_bytes: int  # unified page size per block per layer
-    kv_bytes_per_token: int  # full-attention equivalent per token, all attention layers on one GPU
 
 
 def _effective_kinds(arch: ModelArch, prof: VllmProfile, disable_hybrid: bool) -> tuple[str, ...]:
@@ -229,7 +228,7 @@ def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, pro
         if n_attn:
             mamba_page = max(mamba_page, bs * per_token)  # Mamba page padded to the attention page
     page = bs * per_token if n_attn else mamba_page
-    return _Layout(kinds, per_token, mamba_page, bs, page, per_token * n_attn)
+    return _Layout(kinds, per_token, mamba_page, bs, page)
 
 
 def _group_layers(kinds: tuple[str, ...], stage: tuple[int, int]) -> tuple[list[tuple[str, int]], int]:

@@ -23,7 +23,7 @@ from kvcap.arch import ModelArch
 from kvcap.catalog import GIB, Gpu
 from kvcap.errors import InvalidArgument, KvcapError, UnknownGpu
 from kvcap.loader import load_model
-from kvcap.memory import Estimate, ServeArgs, default_batch_limits, estimate
+from kvcap.memory import Estimate, ServeArgs, estimate
 from kvcap.models import KV_CACHE_DTYPE_FLAG, QUANTIZATION_FLAG, ModelDeploymentSpec, parse_quantity
 from kvcap.plan_types import Alternative, CapacityPlan, PoolPlan
 from kvcap.vllm_version import profile
@@ -106,8 +106,7 @@ def _demand(name: str, lo: int, hi: int, n: int, lengths: LengthModel | None) ->
         return PoolDemand(name, lo, hi, n, float(hi), float(n * hi))
     mean = max(1.0, lengths.mean(lo, hi))
     if lo > 0:
-        var = max(0.0, hi * hi / 4)  # a thin tail: treat lengths as spread over (lo, hi]
-        var = min(var, (hi - lo) ** 2 / 12 + 0.0)
+        var = (hi - lo) ** 2 / 12  # a thin tail: treat lengths as uniform over (lo, hi]
     else:
         var = max(0.0, lengths.second_moment(hi) - mean * mean)
     demand = n * mean + Z95 * math.sqrt(n * var)
@@ -189,8 +188,7 @@ def _evaluate(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, demand: Pool
     at_mean = est if mean_len == demand.max_model_len else estimate(
         arch, gpu, replace(args, max_model_len=mean_len, kv_cache_memory_bytes=est.available_kv_bytes))
     capacity = at_mean.max_concurrency * (1 - headroom)
-    default_seqs = args.max_num_seqs or default_batch_limits(gpu, profile(args.vllm_version))[0]
-    seqs_cap = spec.vllm.max_num_seqs or default_seqs
+    seqs_cap = est.max_num_seqs  # the spec's cap, else vLLM's default for this GPU and version
     per_replica = min(capacity, float(seqs_cap))
     if per_replica < 1:
         return (f"{gpu.name} TP {tp}: one replica holds only {capacity:.2f} requests of "
@@ -252,8 +250,6 @@ def resolve_gpus(spec: ModelDeploymentSpec, cluster_gpus: Mapping[str, int] | No
             if cluster_gpus is not None and not spec.gpu.products:
                 continue  # an unknown product on some node: not a candidate
             raise
-        if memory_gib is not None and catalog.find_gpu(name) is None:
-            gpu = Gpu(name, (name,), "nvidia", gpu.memory_bytes, 0.0, 0.0, True)
         out.setdefault(gpu.name, gpu)
     return list(out.values())
 
@@ -261,8 +257,11 @@ def resolve_gpus(spec: ModelDeploymentSpec, cluster_gpus: Mapping[str, int] | No
 def gpu_labels(gpu: Gpu, spec: ModelDeploymentSpec) -> tuple[str, ...]:
     """`nvidia.com/gpu.product` values for node affinity: the spec's own spellings that name this GPU,
     plus the catalog's product labels."""
-    labels = [p for p in spec.gpu.products if catalog.find_gpu(p) in (gpu, None) and
-              (catalog.find_gpu(p) is gpu or p == gpu.name)]
+    labels = []
+    for p in spec.gpu.products:
+        found = catalog.find_gpu(p)
+        if found is gpu or (found is None and p == gpu.name):
+            labels.append(p)
     for label in gpu.product_labels:
         if label not in labels:
             labels.append(label)
@@ -346,24 +345,20 @@ def _pool(spec: ModelDeploymentSpec, demand: PoolDemand, cand: Candidate) -> Poo
 # Lower bound and the whole plan
 # ---------------------------------------------------------------------------------------------
 
-def lower_bound_gpus(arch: ModelArch, gpus: Sequence[Gpu], spec: ModelDeploymentSpec,
+def lower_bound_gpus(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec,
                      demands: Sequence[PoolDemand]) -> int:
-    """GPUs no plan can beat: (all demanded KV + one copy of the weights) over usable memory per GPU.
-    KV per token is the model's total (TP 1), so MLA's per-rank replication is not counted."""
-    best = 0
-    for gpu in gpus:
-        args = _serve_args(spec, 1, 1, max(d.max_model_len for d in demands))
-        try:
-            est = estimate(arch, gpu, replace(args, kv_cache_memory_bytes=None))
-        except KvcapError:
-            continue
-        usable = est.gpu_total_bytes * est.gpu_memory_utilization - est.activation_bytes \
-            - est.non_torch_bytes - est.cudagraph_bytes
-        need = est.weights_bytes + sum(d.demand_tokens for d in demands) * est.kv_bytes_per_token
-        n = max(1, math.ceil(need / usable)) if usable > 0 else 0
-        if n and (best == 0 or n * gpu_cost(gpu) < best * gpu_cost(gpus[0])):
-            best = n
-    return best
+    """GPUs of this product no plan can beat: (all demanded KV + one copy of the weights) over usable
+    memory per GPU. KV per token is the model's total (TP 1), so MLA's per-rank replication is not
+    counted. 0 when the estimate itself is impossible."""
+    args = _serve_args(spec, 1, 1, max(d.max_model_len for d in demands))
+    try:
+        est = estimate(arch, gpu, replace(args, kv_cache_memory_bytes=None))
+    except KvcapError:
+        return 0
+    usable = est.gpu_total_bytes * est.gpu_memory_utilization - est.activation_bytes \
+        - est.non_torch_bytes - est.cudagraph_bytes
+    need = est.weights_bytes + sum(d.demand_tokens for d in demands) * est.kv_bytes_per_token
+    return max(1, math.ceil(need / usable)) if usable > 0 else 0
 
 
 def _split_threshold(spec: ModelDeploymentSpec) -> tuple[int | None, str]:
@@ -420,12 +415,8 @@ def plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None 
         n_short = max(1, n - n_long) if n > 1 else 1
         short = _demand("default", 0, threshold, n_short, lengths)
         long = _demand("long", threshold, w.max_context_tokens, n_long, lengths)
-        if lengths is None:
-            long = PoolDemand("long", threshold, w.max_context_tokens, n_long, w.max_context_tokens,
-                              float(n_long * w.max_context_tokens))
-            short = PoolDemand("default", 0, threshold, n_short, threshold, float(n_short * threshold))
         sc, _ = _search(arch, gpus, spec, short)
-        lc, lwhy = _search(arch, gpus, spec, long)
+        lc, _ = _search(arch, gpus, spec, long)
         sc, lc = _budget(sc, spec, cluster_gpus), _budget(lc, spec, cluster_gpus)
         if sc and lc:
             split, split_cands = (short, long), (sc, lc)
@@ -464,7 +455,7 @@ def plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None 
 
     pools = tuple(_pool(spec, d, c) for d, c in zip(demands, chosen, strict=True))
     total = sum(pl.total_gpus for pl in pools)
-    bound = lower_bound_gpus(arch, [chosen[0].gpu], spec, demands)
+    bound = lower_bound_gpus(arch, chosen[0].gpu, spec, demands)
     alts = tuple(Alternative(c.summary(), c.total_gpus, _why_lost(c, chosen[0])) for c in runners)
     if spec.gpu.max_total and total > spec.gpu.max_total:
         return CapacityPlan(
