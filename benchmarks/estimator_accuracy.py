@@ -35,10 +35,11 @@ from validation import Case, load_cases
 from kvcap.arch import ModelArch
 from kvcap.catalog import GIB
 from kvcap.memory import estimate, weight_bytes_per_gpu, with_dtype
+from kvcap.vllm_version import profile
 
 
 def _util(c: Case) -> float:
-    return c.args.gpu_memory_utilization or (0.92 if (c.args.vllm_version or "0.11") >= "0.21" else 0.9)
+    return c.args.gpu_memory_utilization or profile(c.args.vllm_version).default_gpu_memory_utilization
 
 
 def _textbook_per_token(a: ModelArch, tp: int, kv_bytes: int) -> int:
@@ -51,17 +52,26 @@ def _kv_bytes(c: Case, a: ModelArch) -> int:
     return 1 if c.args.kv_cache_dtype.startswith("fp8") else a.dtype_bytes
 
 
-def peer_textbook(c: Case, available: float | None) -> tuple[float, float, float]:
+Result = tuple[float, float, float, bool]  # available bytes, KV tokens, concurrency, fits
+
+
+def _result(c: Case, a: ModelArch, available: float, per_token: float) -> Result:
+    """A peer's verdict: it fits when the KV memory holds one max-length request."""
+    tokens = available / per_token
+    concurrency = tokens / (c.args.max_model_len or a.max_position_embeddings)
+    return available, tokens, concurrency, available > 0 and concurrency >= 1
+
+
+def peer_textbook(c: Case, available: float | None) -> Result:
     a = with_dtype(c.arch, c.args.dtype)
     tp = c.args.tensor_parallel_size * c.args.pipeline_parallel_size
     per = _textbook_per_token(a, c.args.tensor_parallel_size, _kv_bytes(c, a)) / c.args.pipeline_parallel_size
     if available is None:
         available = c.gpu.memory_bytes * _util(c) - a.num_parameters * a.dtype_bytes / tp
-    tokens = available / per
-    return available, tokens, tokens / (c.args.max_model_len or a.max_position_embeddings)
+    return _result(c, a, available, per)
 
 
-def peer_llmd(c: Case, available: float | None) -> tuple[float, float, float]:
+def peer_llmd(c: Case, available: float | None) -> Result:
     a = with_dtype(c.arch, c.args.dtype)
     tp, pp = c.args.tensor_parallel_size, c.args.pipeline_parallel_size
     kvb = _kv_bytes(c, a)
@@ -78,24 +88,22 @@ def peer_llmd(c: Case, available: float | None) -> tuple[float, float, float]:
         non_torch = 0.15 if tp == 1 else 0.6
         weights = weight_bytes_per_gpu(a, tp, pp, c.args.quantization)
         available = c.gpu.memory_bytes * _util(c) - weights - (act + non_torch) * GIB
-    tokens = available / per
-    return available, tokens, tokens / (c.args.max_model_len or a.max_position_embeddings)
+    return _result(c, a, available, per)
 
 
-def peer_hfmem(c: Case, available: float | None) -> tuple[float, float, float]:
+def peer_hfmem(c: Case, available: float | None) -> Result:
     a = with_dtype(c.arch, c.args.dtype)
     tp, pp = c.args.tensor_parallel_size, c.args.pipeline_parallel_size
     per = _textbook_per_token(a, tp, _kv_bytes(c, a)) / pp
     if available is None:
         available = c.gpu.memory_bytes * _util(c) - weight_bytes_per_gpu(a, tp, pp, c.args.quantization)
-    tokens = available / per
-    return available, tokens, tokens / (c.args.max_model_len or a.max_position_embeddings)
+    return _result(c, a, available, per)
 
 
-def kvcap(c: Case, available: float | None) -> tuple[float, float, float]:
+def kvcap(c: Case, available: float | None) -> Result:
     args = c.args if available is None else replace(c.args, kv_cache_memory_bytes=int(available))
     est = estimate(c.arch, c.gpu, args)
-    return est.available_kv_bytes, est.kv_tokens, est.max_concurrency
+    return est.available_kv_bytes, est.kv_tokens, est.max_concurrency, est.fits
 
 
 METHODS = {"kvcap": kvcap, "textbook": peer_textbook, "llm-d": peer_llmd, "hf-mem": peer_hfmem}
@@ -125,7 +133,7 @@ def main() -> None:
         hybrid = len(set(c.arch.layer_kinds)) > 1
         for name, fn in METHODS.items():
             if given is not None and not c.refused:
-                _, tokens, conc = fn(c, given * GIB)
+                _, tokens, conc, _ = fn(c, given * GIB)
                 if o.get("kv_cache_tokens") and not hybrid:
                     tok_err[name].append(_pct(tokens, o["kv_cache_tokens"]))
                 if o.get("max_concurrency"):
@@ -133,17 +141,12 @@ def main() -> None:
                     if name == "kvcap":
                         rows.append((c.id, conc, o["max_concurrency"]))
             if c.version_known and given is not None and not c.refused and c.raw.get("gpu_total_gib"):
-                avail, _, _ = fn(c, None)
+                avail, _, _, _ = fn(c, None)
                 avail_err[name].append(abs(avail / GIB - given))
         if c.refused:
             refused += 1
             for name, fn in METHODS.items():
-                avail, tokens, conc = fn(c, None)
-                if name == "kvcap":
-                    ok = not estimate(c.arch, c.gpu, c.args).fits
-                else:
-                    ok = avail <= 0 or conc < 1
-                flagged[name] += ok
+                flagged[name] += not fn(c, None)[3]
 
     def med(xs: list[float]) -> str:
         return f"{statistics.median(xs):.2f}" if xs else "-"
