@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +12,11 @@ import devcluster
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from operator_helpers import H100, wait_for
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-H100 = "NVIDIA-H100-80GB-HBM3"
-
-
-def wait_for(
-    what: str, fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25
-) -> Any:
-    """Poll `fn` until it returns something truthy; fail with `what` and the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def gpu_pod_spec(gpus: int, product: str = H100) -> dict[str, Any]:
