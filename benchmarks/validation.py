@@ -16,12 +16,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from kvcap import catalog  # noqa: E402
-from kvcap.arch import ModelArch  # noqa: E402
-from kvcap.catalog import GIB, Gpu  # noqa: E402
-from kvcap.errors import KvcapError  # noqa: E402
-from kvcap.loader import load_model  # noqa: E402
-from kvcap.memory import ServeArgs  # noqa: E402
+from kvcap.api.errors import KvcapError  # noqa: E402
+from kvcap.capacity import catalog  # noqa: E402
+from kvcap.capacity.arch import ModelArch  # noqa: E402
+from kvcap.capacity.catalog import GIB, Gpu  # noqa: E402
+from kvcap.capacity.configs import load_model  # noqa: E402
+from kvcap.capacity.memory import ServeArgs  # noqa: E402
 
 LAUNCHES = ROOT / "benchmarks" / "data" / "vllm_launches.yaml"
 

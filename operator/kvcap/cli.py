@@ -16,12 +16,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kvcap import __version__, catalog
-from kvcap.catalog import GIB
-from kvcap.errors import InvalidArgument, KvcapError
-from kvcap.loader import load_model
-from kvcap.memory import KV_DTYPES, Estimate, ServeArgs, estimate
-from kvcap.plan_types import CapacityPlan
+from kvcap import __version__
+from kvcap.api.errors import InvalidArgument, KvcapError
+from kvcap.capacity import catalog
+from kvcap.capacity.catalog import GIB
+from kvcap.capacity.configs import load_model
+from kvcap.capacity.memory import KV_DTYPES, Estimate, ServeArgs, estimate
+from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.clients.hfhub import resolve_model
 
 EXIT_OK, EXIT_UNFIT, EXIT_INPUT = 0, 1, 2
 
@@ -47,7 +49,7 @@ def _fraction(text: str) -> float:
 
 
 def _bytes(text: str) -> int:
-    from kvcap.models import parse_quantity
+    from kvcap.api.models import parse_quantity
     try:
         value = parse_quantity(text)
     except ValueError as err:
@@ -213,7 +215,7 @@ def suggest_fix(arch: Any, gpu: Any, args: ServeArgs, est: Estimate) -> str:
 
 
 def cmd_estimate(ns: argparse.Namespace) -> int:
-    arch = load_model(ns.model, hub=ns.hf_hub, token=ns.hf_token, revision=ns.revision)
+    arch = resolve_model(ns.model, hub=ns.hf_hub, token=ns.hf_token, revision=ns.revision)
     gpu = catalog.get_gpu(ns.gpu, ns.gpu_memory_gib)
     args = ServeArgs(
         tensor_parallel_size=ns.tensor_parallel_size,
@@ -312,10 +314,10 @@ def render_plan(plan: CapacityPlan) -> str:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
-    from kvcap.hfhub import fetch_config
-    from kvcap.loader import read_config_file
-    from kvcap.models import parse_manifest
-    from kvcap.planner import plan_deployment
+    from kvcap.api.models import parse_manifest
+    from kvcap.capacity.configs import read_config_file
+    from kvcap.capacity.planner import plan_deployment
+    from kvcap.clients.hfhub import fetch_config
 
     doc = _read_manifest(ns.filename)
     try:
@@ -372,7 +374,7 @@ def cmd_gpus(ns: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from kvcap.runner import run
+    from kvcap.controller.runner import run
     return run(namespaces=ns.namespaces, liveness_endpoint=ns.liveness, verbose=ns.verbose)
 
 

@@ -35,7 +35,7 @@ from operator_helpers import (
     delete_namespace,
 )
 
-import kvcap.handlers  # noqa: F401  (registers the handlers; imported here, not in the thread)
+import kvcap.controller.handlers  # noqa: F401  (registers the handlers; imported here, not in the thread)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def kvcap_operator(e2e_cluster: devcluster.Cluster, kvcap_crd: dict[str, Any]) -
         mock.patch.dict(os.environ, env),
         mock.patch.object(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(e2e_cluster.kubeconfig)),
         KopfRunner(
-            ["run", "--standalone", "--namespace", f"{OP_PREFIX}-*", "-m", "kvcap.handlers"],
+            ["run", "--standalone", "--namespace", f"{OP_PREFIX}-*", "-m", "kvcap.controller.handlers"],
             timeout=60,
         ) as runner,
     ):

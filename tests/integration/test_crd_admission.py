@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from kvcap import GROUP, PLURAL, VERSION
-from kvcap.models import ModelDeploymentSpec
+from kvcap.api.models import ModelDeploymentSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / f"{PLURAL}.{GROUP}.yaml"

@@ -22,10 +22,10 @@ from operator_helpers import (
     wait_for,
 )
 
-from kvcap import catalog
-from kvcap.models import ModelDeploymentSpec
-from kvcap.planner import plan_deployment
-from kvcap.reconcile import cluster_gpus, gpu_inventory
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.capacity import catalog
+from kvcap.capacity.planner import plan_deployment
+from kvcap.controller.reconcile import cluster_gpus, gpu_inventory
 
 pytest_plugins = ["operator_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -28,7 +28,7 @@ from operator_helpers import (
 )
 from pydantic import ValidationError
 
-from kvcap.models import ModelDeploymentSpec
+from kvcap.api.models import ModelDeploymentSpec
 
 pytest_plugins = ["operator_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

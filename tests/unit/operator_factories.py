@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kvcap.models import ModelDeploymentSpec
-from kvcap.plan_types import CapacityPlan, PoolPlan
-from kvcap.render import Owner
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
+from kvcap.controller.render import Owner
 
 OWNER = Owner(name="llama", namespace="team-a", uid="uid-1")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

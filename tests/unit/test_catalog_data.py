@@ -5,7 +5,7 @@ import pathlib
 import pytest
 import yaml
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "operator" / "kvcap" / "data"
+DATA = pathlib.Path(__file__).resolve().parents[2] / "operator" / "kvcap" / "capacity" / "data"
 MODELS_DIR = DATA / "models"
 GPUS_FILE = DATA / "gpus.yaml"
 

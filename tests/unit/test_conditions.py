@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from operator_factories import make_plan, make_pool
 
-from kvcap import constants as kc
-from kvcap.conditions import (
+from kvcap.api import constants as kc
+from kvcap.controller.conditions import (
     Check,
     Event,
     WorkloadObservation,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kvcap import GROUP, KIND, PLURAL, VERSION
-from kvcap.models import MAX_NAME_LENGTH, NAME_PATTERN, PLANNED_FLAGS, ModelDeploymentSpec
+from kvcap.api.models import MAX_NAME_LENGTH, NAME_PATTERN, PLANNED_FLAGS, ModelDeploymentSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"

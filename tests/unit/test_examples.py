@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from kvcap.models import MAX_NAME_LENGTH, ModelDeploymentSpec, parse_manifest
+from kvcap.api.models import MAX_NAME_LENGTH, ModelDeploymentSpec, parse_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -192,7 +192,7 @@ def test_examples_exist() -> None:
 
 
 def test_examples_use_catalog_models() -> None:
-    catalog = REPO / "operator" / "kvcap" / "data" / "models"
+    catalog = REPO / "operator" / "kvcap" / "capacity" / "data" / "models"
     for path in EXAMPLES:
         spec = ModelDeploymentSpec.model_validate(yaml.safe_load(path.read_text())["spec"])
         assert (catalog / (spec.model.name.replace("/", "--") + ".json")).is_file(), path.name

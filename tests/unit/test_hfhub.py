@@ -8,9 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kvcap.errors import HubError, InvalidModelConfig, ModelNotFound
-from kvcap.hfhub import config_url, fetch_config
-from kvcap.loader import load_model
+from kvcap.api.errors import HubError, InvalidModelConfig, ModelNotFound
+from kvcap.clients.hfhub import config_url, fetch_config, resolve_model
 
 CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 1536,
           "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
@@ -60,7 +59,7 @@ def test_url_layout():
 
 def test_fetch_and_parse(hub):
     assert fetch_config("acme/tiny", endpoint=hub) == CONFIG
-    arch = load_model("acme/tiny", hub=True, endpoint=hub)
+    arch = resolve_model("acme/tiny", hub=True, endpoint=hub)
     assert arch.num_kv_heads == 2 and len(arch.layer_kinds) == 28
 
 

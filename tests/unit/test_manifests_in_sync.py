@@ -3,7 +3,7 @@
 - manifests/ equals a fresh `hack/render-manifests.sh` rendering (needs the pinned helm: CI runs
   hack/get-helm.sh first; locally the test skips with that hint unless $CI is set, then it fails).
 - RBAC covers every kind the operator's client touches, with no wildcards.
-- Every KVCAP_* variable the chart sets is one operator/kvcap/settings.py reads.
+- Every KVCAP_* variable the chart sets is one operator/kvcap/controller/settings.py reads.
 - The operator Deployment is hardened and probed as the style guide says.
 - values.yaml: every value commented with its name, and described by values.schema.json.
 """
@@ -89,7 +89,7 @@ def test_rbac_has_no_wildcards() -> None:
 
 
 def test_rbac_covers_every_kind_the_operator_touches() -> None:
-    from kvcap.kube import PLURALS
+    from kvcap.clients.kube import PLURALS
 
     verbs = rules_by_resource()
     for (api_version, _kind), plural in PLURALS.items():
@@ -114,12 +114,12 @@ def deployment() -> dict[str, Any]:
 
 
 def test_chart_sets_only_settings_the_operator_reads() -> None:
-    settings_source = (REPO / "operator" / "kvcap" / "settings.py").read_text()
+    settings_source = (REPO / "operator" / "kvcap" / "controller" / "settings.py").read_text()
     (container,) = deployment()["spec"]["template"]["spec"]["containers"]
     names = [e["name"] for e in container["env"]]
     assert {"KVCAP_NAMESPACES", "KVCAP_PROMETHEUS_URL", "KVCAP_EXTRA_TOLERATIONS"} <= set(names)
     for name in names:
-        assert f'"{name}"' in settings_source, f"{name} is not read by operator/kvcap/settings.py"
+        assert f'"{name}"' in settings_source, f"{name} is not read by operator/kvcap/controller/settings.py"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["KVCAP_EXTRA_TOLERATIONS"]) == []
 

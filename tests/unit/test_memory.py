@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvcap.arch import FULL, MAMBA, MLA, SLIDING, parse_config
-from kvcap.catalog import GIB, Gpu
-from kvcap.errors import InvalidArgument, InvalidModelConfig
-from kvcap.memory import ServeArgs, estimate, pp_layer_split
+from kvcap.api.errors import InvalidArgument, InvalidModelConfig
+from kvcap.capacity.arch import FULL, MAMBA, MLA, SLIDING, parse_config
+from kvcap.capacity.catalog import GIB, Gpu
+from kvcap.capacity.memory import ServeArgs, estimate, pp_layer_split
 
 H100 = Gpu("H100-80GB", (), "nvidia", int(79.19 * GIB), 3350, 989, True)
 
@@ -233,8 +233,8 @@ def test_multimodal_text_config_is_used():
 
 
 def test_derived_catalog_entries_reuse_their_base_shapes():
-    from kvcap import catalog
-    from kvcap.loader import load_model
+    from kvcap.capacity import catalog
+    from kvcap.capacity.configs import load_model
     derived = load_model("meta-llama/Llama-3.3-70B-Instruct")
     base = load_model("meta-llama/Llama-3.1-70B-Instruct")
     assert (derived.layer_kinds, derived.num_kv_heads, derived.head_dim) == \

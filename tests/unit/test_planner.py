@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from kvcap.errors import InvalidArgument
-from kvcap.loader import load_model
-from kvcap.models import ModelDeploymentSpec
-from kvcap.planner import LengthModel, plan_deployment, valid_tp_sizes
+from kvcap.api.errors import InvalidArgument
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.capacity.configs import load_model
+from kvcap.capacity.planner import LengthModel, plan_deployment, valid_tp_sizes
 
 
 def spec(model="meta-llama/Llama-3.1-8B-Instruct", max_ctx=8192, conc=16, pct=None, products=None,

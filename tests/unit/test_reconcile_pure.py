@@ -1,4 +1,4 @@
-"""The pure decisions of kvcap.reconcile, plus the whole pipeline against an in-memory API (no network)."""
+"""The pure decisions of kvcap.controller.reconcile, plus the whole pipeline against an in-memory API (no network)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from operator_factories import MODEL, make_plan, make_pool, make_spec
 from pydantic import ValidationError
 
-from kvcap import constants as kc
-from kvcap.conditions import Check, get_condition
-from kvcap.errors import ModelNotFound
-from kvcap.kube import ApiError
-from kvcap.models import ModelDeploymentSpec
-from kvcap.plan_types import CapacityPlan
-from kvcap.reconcile import (
+from kvcap.api import constants as kc
+from kvcap.api.errors import ModelNotFound
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.clients.kube import ApiError
+from kvcap.controller.conditions import Check, get_condition
+from kvcap.controller.reconcile import (
     OperatorContext,
     check_multi_node,
     check_schedulable,
@@ -31,8 +31,8 @@ from kvcap.reconcile import (
     skip_resync,
     unschedulable_pods,
 )
-from kvcap.render import Features
-from kvcap.settings import Settings, SettingsError, parse_settings
+from kvcap.controller.render import Features
+from kvcap.controller.settings import Settings, SettingsError, parse_settings
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 
@@ -211,7 +211,7 @@ def test_parse_settings() -> None:
 
 
 class FakeKube:
-    """Just enough of kvcap.kube.Kube: objects keyed by (plural, namespace, name), SSA as replace."""
+    """Just enough of kvcap.clients.kube.Kube: objects keyed by (plural, namespace, name), SSA as replace."""
 
     def __init__(self, nodes: list[dict[str, Any]] | None = None,
                  apis: set[tuple[str, str, str]] | None = None) -> None:
@@ -248,7 +248,7 @@ class FakeKube:
         return copy.deepcopy(found) if found else None
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        from kvcap.kube import plural_for
+        from kvcap.clients.kube import plural_for
 
         plural = plural_for(obj["apiVersion"], obj["kind"])
         key = (plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -461,7 +461,7 @@ def test_check_is_frozen() -> None:
 
 
 async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> None:
-    from kvcap.reconcile import resync_one
+    from kvcap.controller.reconcile import resync_one
 
     kube, planner = FakeKube(), Recorder()
     ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
@@ -490,8 +490,8 @@ async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> Non
 
 
 async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kvcap.reconcile as rec
-    from kvcap.errors import HubError
+    import kvcap.controller.reconcile as rec
+    from kvcap.api.errors import HubError
 
     calls: list[dict[str, Any]] = []
     answers: dict[str, Any] = {"org/private": {"model_type": "llama"}}
@@ -560,13 +560,13 @@ async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.Mon
     ("change", Check("True", "PlanFits", ""), Check("False", "Conflict", "x"), None),
 ])
 def test_decide_error(trigger: Any, planned: Check, synced: Check, expected: Any) -> None:
-    from kvcap.reconcile import decide_error
+    from kvcap.controller.reconcile import decide_error
 
     error = decide_error(trigger, planned, synced, 1.0)
     assert (type(error) if error else None) is expected
 
 
 def test_hub_reason_matches_the_hub_error() -> None:
-    from kvcap.errors import HubError
+    from kvcap.api.errors import HubError
 
     assert HubError.reason == kc.HUB_UNAVAILABLE

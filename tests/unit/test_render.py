@@ -1,4 +1,4 @@
-"""Golden tests of kvcap.render: whole objects compared, table-driven (kubespawner style)."""
+"""Golden tests of kvcap.controller.render: whole objects compared, table-driven (kubespawner style)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from operator_factories import ARGS, MODEL, OWNER, make_plan, make_pool, make_spec
 
-from kvcap import constants as kc
-from kvcap.plan_types import CapacityPlan
-from kvcap.render import (
+from kvcap.api import constants as kc
+from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.controller.render import (
     Features,
     RenderOptions,
     child_name,

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from validation import load_cases
 
-from kvcap.catalog import GIB
-from kvcap.memory import estimate
+from kvcap.capacity.catalog import GIB
+from kvcap.capacity.memory import estimate
 
 CASES, SKIPPED = load_cases()
 GIVEN = [c for c in CASES if c.observed.get("available_kv_gib") is not None
@@ -69,5 +69,5 @@ def test_launches_refused_for_kv_memory_are_flagged():
 
 
 def _any_gpu():
-    from kvcap.catalog import get_gpu
+    from kvcap.capacity.catalog import get_gpu
     return get_gpu("H100-80GB")

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvcap import GROUP, KIND, VERSION
-from kvcap import constants as kc
-from kvcap.models import ModelDeploymentSpec
-from kvcap.plan_types import CapacityPlan, PoolPlan
+from kvcap.api import constants as kc
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
 
 MAX_NAME = 63  # DNS-1035 label: Service names; also the limit of a label value.
 

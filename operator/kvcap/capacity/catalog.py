@@ -1,4 +1,4 @@
-"""Built-in model and GPU catalogs (data files under `kvcap/data/`, each entry citing its source)."""
+"""Built-in model and GPU catalogs (data files under `kvcap/capacity/data/`, each entry citing its source)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from kvcap.errors import ModelNotFound, UnknownGpu
+from kvcap.api.errors import ModelNotFound, UnknownGpu
 
 DATA = Path(__file__).parent / "data"
 GIB = 1 << 30

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kvcap import constants as kc
-from kvcap.plan_types import CapacityPlan
+from kvcap.api import constants as kc
+from kvcap.capacity.plan_types import CapacityPlan
 
 Status = Literal["True", "False", "Unknown"]
 MAX_MESSAGE = 32768  # the CRD's maxLength on messages

@@ -1,4 +1,8 @@
-"""Resolve MODEL (a catalog id, a config.json path, a directory, or a Hub id) into a ModelArch."""
+"""Resolve MODEL (a catalog id, a config.json path, a directory, or a fetched config) into a ModelArch.
+
+Pure capacity layer: no network. A Hub fetch happens in the shell (`kvcap.clients.hfhub`) and its
+result comes in as `config`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from kvcap import catalog
-from kvcap.arch import ModelArch, parse_config
-from kvcap.errors import InvalidModelConfig, ModelNotFound
-from kvcap.hfhub import fetch_config
+from kvcap.api.errors import InvalidModelConfig, ModelNotFound
+from kvcap.capacity import catalog
+from kvcap.capacity.arch import ModelArch, parse_config
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -46,25 +49,24 @@ def _catalog_arch(model_id: str) -> ModelArch:
                         num_active_parameters=entry.num_active_parameters)
 
 
-def load_model(name: str, *, config: dict[str, Any] | None = None, hub: bool = False,
-               token: str | None = None, revision: str | None = None,
-               endpoint: str | None = None) -> ModelArch:
-    """Resolution order: an explicit `config` dict, a local path, the catalog, then (if `hub`) the Hub."""
+def looks_like_path(name: str) -> bool:
+    """A config.json path or a directory, as opposed to a catalog or Hub id."""
+    return name.endswith(".json") or name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
+
+
+def load_model(name: str, *, config: dict[str, Any] | None = None) -> ModelArch:
+    """Resolution order: an explicit `config` dict (e.g. fetched from the Hub), a local path, the catalog."""
     if config is not None:
         entry = catalog.find_model(name)
         params = entry.num_parameters if entry else None
         return parse_config(config, name=name, num_parameters=params)
     path = Path(name).expanduser()
-    looks_like_path = name.endswith(".json") or name.startswith((".", "/", "~")) or path.is_dir()
-    if looks_like_path:
+    if looks_like_path(name):
         if not path.exists():
             raise ModelNotFound(f"'{name}' does not exist (expected a config.json file or a directory "
                                 f"holding one)")
         return parse_config(read_config_file(path), name=str(path))
     if catalog.find_model(name) is not None:
         return _catalog_arch(name)
-    if hub:
-        return parse_config(fetch_config(name, token=token, revision=revision, endpoint=endpoint),
-                            name=name)
     catalog.get_model(name)  # raises ModelNotFound with the closest ids
     raise AssertionError("unreachable")

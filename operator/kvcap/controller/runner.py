@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-from kvcap.settings import SettingsError, load_settings
+from kvcap.controller.settings import SettingsError, load_settings
 
 
 def run(*, namespaces: list[str] | None, liveness_endpoint: str | None, verbose: bool) -> int:
@@ -25,7 +25,7 @@ def run(*, namespaces: list[str] | None, liveness_endpoint: str | None, verbose:
     watched = list(namespaces or settings.namespaces)
     kopf.configure(verbose=verbose)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    import kvcap.handlers  # noqa: F401  (registers the handlers)
+    import kvcap.controller.handlers  # noqa: F401  (registers the handlers)
 
     try:
         kopf.run(

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from kvcap.errors import InvalidArgument
+from kvcap.api.errors import InvalidArgument
 
 DEFAULT_VERSION = "0.11.0"
 

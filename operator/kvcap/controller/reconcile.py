@@ -3,7 +3,7 @@
 Create, update, resume and the periodic resync all call `reconcile()`, which converges the
 children and the status to the same result from whatever state it finds. The top half of this
 module is pure (decisions on plain data, unit-tested in tests/unit/test_reconcile_pure.py); the
-bottom half does the I/O through `kvcap.kube.Kube`.
+bottom half does the I/O through `kvcap.clients.kube.Kube`.
 
 Error policy (kopf `errors.rst`): an invalid spec sets CapacityPlanned=False/InvalidSpec and raises
 kopf.PermanentError (only on change events; the resync loop skips such objects until the spec
@@ -26,9 +26,17 @@ from typing import Any, Literal
 import kopf
 from pydantic import ValidationError
 
-from kvcap import GROUP, PLURAL, VERSION, catalog
-from kvcap import constants as kc
-from kvcap.conditions import (
+from kvcap import GROUP, PLURAL, VERSION
+from kvcap.api import constants as kc
+from kvcap.api.errors import InvalidModelConfig, KvcapError, ModelNotFound
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.capacity import catalog
+from kvcap.capacity.configs import parse_config_text
+from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.capacity.planner import plan_deployment
+from kvcap.clients.hfhub import fetch_config
+from kvcap.clients.kube import ApiError, Kube, plural_for
+from kvcap.controller.conditions import (
     Check,
     Event,
     WorkloadObservation,
@@ -39,14 +47,7 @@ from kvcap.conditions import (
     status_changed,
     transition_events,
 )
-from kvcap.errors import InvalidModelConfig, KvcapError, ModelNotFound
-from kvcap.hfhub import fetch_config
-from kvcap.kube import ApiError, Kube, plural_for
-from kvcap.loader import parse_config_text
-from kvcap.models import ModelDeploymentSpec
-from kvcap.plan_types import CapacityPlan
-from kvcap.planner import plan_deployment
-from kvcap.render import (
+from kvcap.controller.render import (
     Features,
     Owner,
     RenderOptions,
@@ -57,7 +58,7 @@ from kvcap.render import (
     owner_selector,
     render_children,
 )
-from kvcap.settings import Settings
+from kvcap.controller.settings import Settings
 
 Trigger = Literal["change", "resync"]
 Inventory = Mapping[str, Sequence[int]]  # gpu.product label value -> allocatable GPUs of each node
@@ -368,7 +369,7 @@ class OperatorContext:
 
     kube: Kube
     settings: Settings
-    plan_fn: PlanFn | None = None  # tests inject a planner; None: kvcap.planner.plan_deployment
+    plan_fn: PlanFn | None = None  # tests inject a planner; None: kvcap.capacity.planner.plan_deployment
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hub_cache: dict[tuple[str, str | None, str], tuple[float, dict[str, Any] | KvcapError]] = field(
         default_factory=dict
@@ -415,7 +416,7 @@ async def load_model_config(
 ) -> dict[str, Any] | None:
     """config.json from the ConfigMap, else from the Hub if the catalog lacks the model, else None.
 
-    Raises ValueError (bad config.json), LookupError (token Secret missing) or kvcap.errors from
+    Raises ValueError (bad config.json), LookupError (token Secret missing) or kvcap.api.errors from
     the Hub fetch; the caller maps each onto CapacityPlanned.
     """
     ref = spec.model.config_map_ref
@@ -667,7 +668,7 @@ async def _reconcile(
             planned = Check("False", kc.MODEL_CONFIG_UNAVAILABLE, str(err))
         except ApiError:
             raise
-        except Exception as err:  # kvcap.errors from the Hub fetch
+        except Exception as err:  # kvcap.api.errors from the Hub fetch
             reason = getattr(err, "reason", kc.MODEL_CONFIG_UNAVAILABLE)
             planned = Check("False", str(reason), str(getattr(err, "message", err)))
 

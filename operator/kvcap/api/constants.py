@@ -113,7 +113,7 @@ INVALID_SPEC: Final = "InvalidSpec"  # `spec` failed validation (pydantic); retr
 INVALID_MODEL_CONFIG: Final = "InvalidModelConfig"
 # The token Secret is missing (the Hub itself reports HUB_UNAVAILABLE).
 MODEL_CONFIG_UNAVAILABLE: Final = "ModelConfigUnavailable"
-# The Hugging Face Hub could not be reached (kvcap.errors.HubError.reason); retried.
+# The Hugging Face Hub could not be reached (kvcap.api.errors.HubError.reason); retried.
 HUB_UNAVAILABLE: Final = "HubUnavailable"
 # A replica spans nodes but the LeaderWorkerSet API is absent.
 NEEDS_MULTI_NODE: Final = "NeedsMultiNode"

@@ -1,6 +1,6 @@
 """kopf handlers: decorators only. Every handler parses its input and calls one function.
 
-Create, update and resume go through the level-based `kvcap.reconcile.reconcile()`; a resync loop
+Create, update and resume go through the level-based `kvcap.controller.reconcile.reconcile()`; a resync loop
 started at startup calls the same function every KVCAP_RESYNC_SECONDS for every ModelDeployment in
 the `model_deployments` index (not a kopf timer: kopf puts a finalizer on objects that have timers,
 and nothing here needs one — children go by ownerReference garbage collection). Handlers return None
@@ -17,10 +17,10 @@ from typing import Any
 import kopf
 
 from kvcap import GROUP, PLURAL, VERSION
-from kvcap import constants as kc
-from kvcap.kube import Kube
-from kvcap.reconcile import OperatorContext, reconcile, resync_forever
-from kvcap.settings import load_settings
+from kvcap.api import constants as kc
+from kvcap.clients.kube import Kube
+from kvcap.controller.reconcile import OperatorContext, reconcile, resync_forever
+from kvcap.controller.settings import load_settings
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

@@ -14,7 +14,10 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from kvcap.errors import HubError, InvalidModelConfig, ModelNotFound
+from kvcap.api.errors import HubError, InvalidModelConfig, ModelNotFound
+from kvcap.capacity import catalog
+from kvcap.capacity.arch import ModelArch
+from kvcap.capacity.configs import load_model, looks_like_path
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few KiB; refuse anything absurd
@@ -59,3 +62,13 @@ def fetch_config(model_id: str, *, token: str | None = None, revision: str | Non
     if not isinstance(config, dict):
         raise InvalidModelConfig(f"{url}: config.json must be a JSON object")
     return config
+
+
+def resolve_model(name: str, *, hub: bool = False, token: str | None = None,
+                  revision: str | None = None, endpoint: str | None = None) -> ModelArch:
+    """`load_model` plus the Hub: a local path or a catalog id wins; with `hub`, anything else is
+    fetched and parsed (the pure capacity layer never touches the network itself)."""
+    if hub and not looks_like_path(name) and catalog.find_model(name) is None:
+        return load_model(name, config=fetch_config(name, token=token, revision=revision,
+                                                    endpoint=endpoint))
+    return load_model(name)

@@ -21,7 +21,7 @@ import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from kvcap import constants as kc
+from kvcap.api import constants as kc
 
 # (apiVersion, kind) -> plural, for every kind the operator touches.
 PLURALS: dict[tuple[str, str], str] = {

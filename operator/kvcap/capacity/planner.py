@@ -18,15 +18,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kvcap import catalog
-from kvcap.arch import ModelArch
-from kvcap.catalog import GIB, Gpu
-from kvcap.errors import InvalidArgument, KvcapError, UnknownGpu
-from kvcap.loader import load_model
-from kvcap.memory import Estimate, ServeArgs, estimate
-from kvcap.models import KV_CACHE_DTYPE_FLAG, QUANTIZATION_FLAG, ModelDeploymentSpec, parse_quantity
-from kvcap.plan_types import Alternative, CapacityPlan, PoolPlan
-from kvcap.vllm_version import profile
+from kvcap.api.errors import InvalidArgument, KvcapError, UnknownGpu
+from kvcap.api.models import (
+    KV_CACHE_DTYPE_FLAG,
+    QUANTIZATION_FLAG,
+    ModelDeploymentSpec,
+    parse_quantity,
+)
+from kvcap.capacity import catalog
+from kvcap.capacity.arch import ModelArch
+from kvcap.capacity.catalog import GIB, Gpu
+from kvcap.capacity.configs import load_model
+from kvcap.capacity.memory import Estimate, ServeArgs, estimate
+from kvcap.capacity.plan_types import Alternative, CapacityPlan, PoolPlan
+from kvcap.capacity.vllm_version import profile
 
 LONG_TAIL_RATIO = 4  # split when maxContextTokens > 4 x p99
 Z95 = 1.6449

@@ -7,7 +7,7 @@ per request: Cx", or its refusal to start. The KV part follows vLLM V1's `vllm/v
 `get_max_concurrency_for_kv_cache_config`, `_check_enough_kv_cache_memory`) and the per-layer specs of
 `vllm/v1/kv_cache_interface.py`; V0 follows `vllm/worker/cache_engine.py` (`get_cache_block_size`).
 The non-KV part (activation peak, non-torch memory, CUDA graphs) is a calibrated model: see
-`kvcap/data/overheads.yaml` and `benchmarks/calibrate_overheads.py`.
+`kvcap/capacity/data/overheads.yaml` and `benchmarks/calibrate_overheads.py`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from kvcap.arch import CHUNKED, CROSS, DTYPE_BYTES, FULL, MAMBA, MLA, SLIDING, ModelArch
-from kvcap.catalog import GIB, Gpu
-from kvcap.errors import InvalidArgument
-from kvcap.vllm_version import VllmProfile, profile
+from kvcap.api.errors import InvalidArgument
+from kvcap.capacity.arch import CHUNKED, CROSS, DTYPE_BYTES, FULL, MAMBA, MLA, SLIDING, ModelArch
+from kvcap.capacity.catalog import GIB, Gpu
+from kvcap.capacity.vllm_version import VllmProfile, profile
 
 KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16", "fp8_inc", "fp8_ds_mla")
 DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py DEFAULT_BLOCK_SIZE

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kvcap.errors import InvalidModelConfig
+from kvcap.api.errors import InvalidModelConfig
 
 # Layer kinds, as vLLM's KV cache specs distinguish them (vllm/v1/kv_cache_interface.py).
 FULL = "full"  # FullAttentionSpec

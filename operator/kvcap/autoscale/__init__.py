@@ -1,0 +1,1 @@
+"""KV-headroom autoscaling: a pure policy (`policy`) and its Prometheus shell."""
