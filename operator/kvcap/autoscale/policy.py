@@ -1,0 +1,591 @@
+"""KV-headroom scaling policy for one vLLM pool: pure, clock-free, deterministic.
+
+The operator (through `kvcap.autoscale.prometheus` and the controller) and the simulator
+(`kvcap.sim`) call the very same function:
+
+    decision = decide(spec, observation, state)
+
+* `ScalingSpec`        what the pool may do: replica bounds, target KV utilization, scale-down
+                       delay,
+                       the planned KV tokens per replica, GPUs per replica and the GPU budget, the
+                       start-up time of a replica and the pool's request-length model.
+* `PoolObservation`    what was seen at time `now` (seconds on any clock, the same clock as the
+                       `sample_time` of each pod and as the times kept in `PoolState`): the
+                       replicas the workload has now and one `PodSample` per pod of the pool. A
+                       metric the server does not report, or that Prometheus did not return, is
+                       `NaN`. `prometheus_error` set means the queries themselves failed.
+* `PoolState`          what the policy remembers between ticks (when demand went low, the last
+                       scale, a short demand history for the trend). `to_dict()`/`from_dict()`
+                       round-trip it through JSON-able dicts (the operator keeps it in status).
+* `Decision`           desired replicas, the action, a one-line sentence with the arithmetic
+                       ("KV demand 1.91M tokens > 75 % of 2 x 1.27M → 3 replicas"), the new state,
+                       the figures behind it, and two verdicts: whether metrics were usable
+                       (`MetricsVerdict`, for condition MetricsAvailable) and whether the servers'
+                       reported KV capacity matches the plan (`CapacityVerdict`, for condition
+                       CapacityVerified).
+
+The rule (docs/autoscaling.md explains it with examples):
+
+1. Capacity per replica: the median KV capacity the Ready servers report (`vllm:cache_config_info`:
+   `kv_cache_size_tokens`, else `num_gpu_blocks` x `block_size`), else the plan's figure.
+2. Tokens in use: sum over Ready pods of `vllm:kv_cache_usage_perc` x that pod's capacity.
+3. Demand = tokens in use
+         + capacity-waiting requests x (mean prompt x (1 - prefix-cache hit rate) + mean output)
+         + running requests x mean output / 2      (decode growth still to come, on average)
+         + the recent trend of demand x the replica start-up time (look-ahead, at most x2).
+   Capacity-waiting is `vllm:num_requests_waiting_by_reason{reason="capacity"}` where the server
+   splits its queue, else `vllm:num_requests_waiting`.
+4. Needed replicas = ceil(demand / (target % x capacity per replica)), and, when the plan's
+   `max_num_seqs` is known, at least ceil((running + capacity-waiting) / (target % x max_num_seqs)).
+5. Pressure (capacity-waiting requests or preemptions) while every replica is Ready adds at least
+   one replica: KV % alone misses prefill-bound saturation. Replicas that exist but are not Ready
+   are capacity that is coming: they count in the arithmetic and suppress that extra replica, so a
+   long model load does not cascade.
+6. Up: straight to the needed count. Down: only after `scale_down_delay_seconds` of continuously
+   low demand, one replica at a time (the window restarts after each step), never below the
+   needed count. Always within [min, max] and the GPU budget.
+7. Missing, stale or NaN data for a Ready pod never scales down (the low-demand window restarts);
+   a scale-up the known data alone justifies still happens (the missing pods count as empty, so
+   demand is a lower bound). Prometheus down holds the replica count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+NAN = float("nan")
+X, TO, GE, LE = "\u00d7", "\u2192", "\u2265", "\u2264"  # x, ->, >=, <= in messages
+
+Action = Literal["up", "down", "hold"]
+VerdictStatus = Literal["True", "False", "Unknown"]
+
+# MetricsVerdict reasons (the condition MetricsAvailable uses the same strings).
+METRICS_CURRENT = "MetricsCurrent"  # every Ready pod reported fresh, finite samples
+PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"  # the queries failed (connection, HTTP, timeout)
+METRICS_MISSING = "MetricsMissing"  # a Ready pod has no (or a NaN) sample of a required signal
+METRICS_STALE = "MetricsStale"  # a Ready pod's newest sample is older than `stale_after_seconds`
+NO_READY_REPLICAS = "NoReadyReplicas"  # nothing to measure yet (all replicas starting, or none)
+
+# CapacityVerdict reasons (condition CapacityVerified).
+CAPACITY_MATCHES_PLAN = "CapacityMatchesPlan"  # reported capacity within tolerance of the plan
+PLAN_MISMATCH = "PlanMismatch"  # reported capacity differs from the plan by more than tolerance
+CAPACITY_NOT_REPORTED = "CapacityNotReported"  # no Ready server reports its KV capacity
+
+
+@dataclass(frozen=True, kw_only=True)
+class LengthModel:
+    """Mean request lengths of the pool's traffic, in tokens."""
+
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+
+    def __post_init__(self) -> None:
+        if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens >= 0):
+            raise ValueError("LengthModel: mean token counts must be finite and >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingSpec:
+    """What one pool may do. Integers where the API has integers; times in seconds."""
+
+    pool: str = "default"  # only used in messages
+    min_replicas: int = 1
+    max_replicas: int = 8
+    target_kv_utilization_percent: int = 80
+    scale_down_delay_seconds: float = 300.0
+    kv_tokens_per_replica: int  # the plan's figure; used until servers report their own
+    gpus_per_replica: int = 1
+    gpu_budget: int | None = None  # GPUs this pool may hold in total (None: no limit)
+    startup_seconds: float = 600.0  # pod creation -> Ready, for the look-ahead
+    length: LengthModel
+    max_num_seqs: int | None = None  # the plan's `--max-num-seqs` per replica (None: not used)
+    stale_after_seconds: float = 120.0  # samples older than this count as stale
+    trend_window_seconds: float = 300.0  # demand history used for the trend
+    capacity_tolerance_percent: float = 2.0  # reported vs planned KV capacity
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(
+                f"ScalingSpec: must have 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
+                f"got {self.min_replicas}..{self.max_replicas}"
+            )
+        if not 1 <= self.target_kv_utilization_percent <= 100:
+            raise ValueError("ScalingSpec: target_kv_utilization_percent must be in 1..100")
+        if self.kv_tokens_per_replica < 1 or self.gpus_per_replica < 1:
+            raise ValueError("ScalingSpec: kv_tokens_per_replica and gpus_per_replica must be >= 1")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError("ScalingSpec: max_num_seqs must be >= 1 when set")
+
+    @property
+    def upper_bound(self) -> int:
+        """Most replicas allowed: `max_replicas`, lowered by the GPU budget."""
+        if self.gpu_budget is None:
+            return self.max_replicas
+        return max(0, min(self.max_replicas, self.gpu_budget // self.gpus_per_replica))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodSample:
+    """One pod of the pool: readiness from the API server, the rest from Prometheus (NaN: none).
+
+    Counts are summed over the pod's engines; rates are per second.
+    """
+
+    name: str
+    ready: bool
+    kv_usage: float = NAN  # vllm:kv_cache_usage_perc (or gpu_cache_usage_perc), 0..1
+    kv_capacity_tokens: float = NAN  # from vllm:cache_config_info
+    running: float = NAN  # vllm:num_requests_running
+    waiting: float = NAN  # vllm:num_requests_waiting (every reason)
+    waiting_capacity: float = NAN  # vllm:num_requests_waiting_by_reason{reason="capacity"}
+    preemption_rate: float = NAN  # rate(vllm:num_preemptions_total)
+    prefix_cache_hit_rate: float = NAN  # rate(hits) / rate(queries), 0..1
+    sample_time: float = NAN  # time of the newest KV-usage sample (the clock of `now`)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolObservation:
+    """What one tick saw of one pool."""
+
+    now: float
+    replicas: int  # replicas the workload asks for now (its spec.replicas)
+    pods: tuple[PodSample, ...] = ()
+    prometheus_error: str | None = None  # the queries failed: hold
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolState:
+    """What the policy remembers between ticks. JSON-able through `to_dict`/`from_dict`."""
+
+    low_since: float | None = None  # when demand first fitted fewer replicas (None: not low)
+    last_scale_time: float | None = None
+    trend: tuple[tuple[float, float], ...] = ()  # (time, demand tokens), oldest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lowSince": self.low_since,
+            "lastScaleTime": self.last_scale_time,
+            "trend": [[t, d] for t, d in self.trend],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> PoolState:
+        """Inverse of `to_dict`; tolerant: anything malformed starts from a fresh state."""
+        if not data:
+            return cls()
+        try:
+            low = data.get("lowSince")
+            last = data.get("lastScaleTime")
+            trend = tuple(
+                (float(t), float(d))
+                for t, d in (data.get("trend") or ())
+                if math.isfinite(float(t)) and math.isfinite(float(d))
+            )
+            return cls(
+                low_since=None if low is None else float(low),
+                last_scale_time=None if last is None else float(last),
+                trend=trend,
+            )
+        except (TypeError, ValueError, AttributeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class MetricsVerdict:
+    """Condition MetricsAvailable for this pool."""
+
+    status: VerdictStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CapacityVerdict:
+    """Condition CapacityVerified for this pool: reported vs planned KV tokens per replica."""
+
+    status: VerdictStatus
+    reason: str
+    message: str
+    planned_tokens: int
+    observed_tokens: int | None  # median over Ready servers that report it
+
+
+@dataclass(frozen=True, kw_only=True)
+class Figures:
+    """The numbers behind a decision (the operator copies them into `status.pools[]`)."""
+
+    replicas: int
+    ready_replicas: int
+    capacity_tokens_per_replica: float  # observed if reported, else planned
+    kv_tokens_in_use: float
+    demand_tokens: float  # including the queue, decode growth and the look-ahead
+    running: float
+    capacity_waiting: float
+    preemption_rate: float
+    prefix_cache_hit_rate: float  # NaN when not reported
+    needed_replicas: int  # before bounds, delays and one-step scale-down
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    desired_replicas: int
+    action: Action
+    message: str  # one line, with the arithmetic
+    state: PoolState
+    metrics: MetricsVerdict
+    capacity: CapacityVerdict
+    figures: Figures
+
+
+# --- formatting ---
+
+
+def format_tokens(tokens: float) -> str:
+    """1_910_000 -> '1.91M', 850_000 -> '850k', 999 -> '999'."""
+    if not math.isfinite(tokens):
+        return "?"
+    if abs(tokens) >= 1e6:
+        return f"{tokens / 1e6:.2f}M"
+    if abs(tokens) >= 1e4:
+        return f"{tokens / 1e3:.0f}k"
+    if abs(tokens) >= 1e3:
+        return f"{tokens / 1e3:.1f}k"
+    return f"{tokens:.0f}"
+
+
+def _plural(n: int) -> str:
+    return f"{n} replica" if n == 1 else f"{n} replicas"
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+# --- the pieces, each pure and exported for tests and the simulator ---
+
+
+def verify_capacity(spec: ScalingSpec, pods: Sequence[PodSample]) -> CapacityVerdict:
+    """Compare the KV capacity Ready servers report with the plan's `kv_tokens_per_replica`."""
+    planned = spec.kv_tokens_per_replica
+    reported = [p.kv_capacity_tokens for p in pods if p.ready]
+    reported = [v for v in _finite(reported) if v > 0]
+    if not reported:
+        return CapacityVerdict(
+            "Unknown",
+            CAPACITY_NOT_REPORTED,
+            f"pool '{spec.pool}': no Ready server reports its KV capacity "
+            f"(vllm:cache_config_info num_gpu_blocks/block_size); using the planned "
+            f"{format_tokens(planned)} tokens per replica",
+            planned,
+            None,
+        )
+    observed = round(_median(reported))
+    diff = (observed - planned) / planned * 100
+    text = (
+        f"pool '{spec.pool}': servers report {observed} KV tokens per replica, the plan has "
+        f"{planned} ({diff:+.1f} %)"
+    )
+    if abs(diff) > spec.capacity_tolerance_percent:
+        return CapacityVerdict(
+            "False",
+            PLAN_MISMATCH,
+            f"{text}, more than {spec.capacity_tolerance_percent:g} % apart; "
+            f"autoscaling uses the reported figure",
+            planned,
+            observed,
+        )
+    return CapacityVerdict("True", CAPACITY_MATCHES_PLAN, text, planned, observed)
+
+
+def check_metrics(spec: ScalingSpec, obs: PoolObservation) -> MetricsVerdict:
+    """Whether this tick's samples can drive a scale-down (see the module docstring, rule 7)."""
+    if obs.prometheus_error is not None:
+        return MetricsVerdict(
+            "False", PROMETHEUS_UNAVAILABLE, f"could not query Prometheus: {obs.prometheus_error}"
+        )
+    ready = [p for p in obs.pods if p.ready]
+    if not ready:
+        return MetricsVerdict(
+            "Unknown",
+            NO_READY_REPLICAS,
+            f"pool '{spec.pool}' has no Ready replica to measure yet",
+        )
+    for pod in ready:
+        for label, value in (
+            ("vllm:kv_cache_usage_perc", pod.kv_usage),
+            ("vllm:num_requests_running", pod.running),
+            ("vllm:num_requests_waiting", pod.waiting),
+        ):
+            if not math.isfinite(value):
+                return MetricsVerdict(
+                    "False",
+                    METRICS_MISSING,
+                    f"no sample of '{label}' for Ready pod '{pod.name}' of pool '{spec.pool}'",
+                )
+    for pod in ready:
+        if not math.isfinite(pod.sample_time):
+            continue  # no timestamp known: freshness cannot be judged, the sample is taken as is
+        age = obs.now - pod.sample_time
+        if age > spec.stale_after_seconds:
+            return MetricsVerdict(
+                "False",
+                METRICS_STALE,
+                f"the newest sample of 'vllm:kv_cache_usage_perc' for pod '{pod.name}' is "
+                f"{age:.0f}s old (more than {spec.stale_after_seconds:g}s)",
+            )
+    return MetricsVerdict(
+        "True",
+        METRICS_CURRENT,
+        f"{len(ready)} Ready pod(s) of pool '{spec.pool}' report current KV and queue metrics",
+    )
+
+
+def trend_slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope (tokens/s) of (time, demand) points; 0 with < 2 points or no spread."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_d = sum(d for _, d in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var <= 0:
+        return 0.0
+    return sum((t - mean_t) * (d - mean_d) for t, d in points) / var
+
+
+def _clamp(n: int, lower: int, upper: int) -> int:
+    return max(lower, min(n, upper)) if upper >= lower else upper
+
+
+def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decision:
+    """Desired replicas of one pool for this tick. Pure: same inputs, same decision."""
+    now = obs.now
+    current = max(0, obs.replicas)
+    lower, upper = spec.min_replicas, spec.upper_bound
+    target = spec.target_kv_utilization_percent / 100
+    metrics = check_metrics(spec, obs)
+    capacity = verify_capacity(spec, obs.pods)
+    per_replica = float(capacity.observed_tokens or spec.kv_tokens_per_replica)
+
+    ready = [p for p in obs.pods if p.ready]
+    n_ready = len(ready)
+    starting = max(0, current - n_ready)
+
+    def bounded_hold(why: str, figures: Figures, new_state: PoolState) -> Decision:
+        desired = _clamp(current, lower, upper)
+        if desired != current:
+            action: Action = "up" if desired > current else "down"
+            bound = "minReplicas" if desired > current else "maxReplicas (or the GPU budget)"
+            message = f"{why}; {bound} {TO} {_plural(desired)}"
+            new_state = replace(new_state, last_scale_time=now, low_since=None)
+        else:
+            action = "hold"
+            message = f"{why} {TO} hold {_plural(current)}"
+        return Decision(
+            desired_replicas=desired,
+            action=action,
+            message=message,
+            state=new_state,
+            metrics=metrics,
+            capacity=capacity,
+            figures=figures,
+        )
+
+    empty = Figures(
+        replicas=current,
+        ready_replicas=n_ready,
+        capacity_tokens_per_replica=per_replica,
+        kv_tokens_in_use=NAN,
+        demand_tokens=NAN,
+        running=NAN,
+        capacity_waiting=NAN,
+        preemption_rate=NAN,
+        prefix_cache_hit_rate=NAN,
+        needed_replicas=current,
+    )
+    if metrics.reason == PROMETHEUS_UNAVAILABLE:
+        return bounded_hold("Prometheus unavailable", empty, replace(state, low_since=None))
+    if metrics.reason == NO_READY_REPLICAS:
+        why = (
+            f"{_plural(starting)} starting, none Ready yet"
+            if current
+            else "no replica to measure (scale-from-zero needs an external trigger)"
+        )
+        return bounded_hold(why, empty, replace(state, low_since=None))
+
+    # --- measure (missing values count as zero: a lower bound on demand) ---
+    def z(v: float) -> float:
+        return v if math.isfinite(v) else 0.0
+
+    in_use = 0.0
+    for pod in ready:
+        pod_capacity = pod.kv_capacity_tokens
+        cap = pod_capacity if math.isfinite(pod_capacity) and pod_capacity > 0 else per_replica
+        in_use += min(1.0, max(0.0, z(pod.kv_usage))) * cap
+    running = sum(z(p.running) for p in ready)
+    waiting = sum(
+        z(p.waiting_capacity) if math.isfinite(p.waiting_capacity) else z(p.waiting)
+        for p in ready
+    )
+    preempt = sum(max(0.0, z(p.preemption_rate)) for p in ready)
+    hits = _finite([p.prefix_cache_hit_rate for p in ready])
+    hit_rate = min(1.0, max(0.0, sum(hits) / len(hits))) if hits else NAN
+
+    length = spec.length
+    per_waiting = length.mean_prompt_tokens * (1 - z(hit_rate)) + length.mean_output_tokens
+    queue_tokens = waiting * per_waiting
+    growth_tokens = running * length.mean_output_tokens / 2
+    demand_now = in_use + queue_tokens + growth_tokens
+
+    complete = metrics.status == "True"
+    window = spec.trend_window_seconds
+    trend = tuple((t, d) for t, d in state.trend if now - window <= t < now)
+    if complete:
+        trend = (*trend, (now, demand_now))
+    slope = trend_slope(trend)
+    lookahead = min(max(0.0, slope * spec.startup_seconds), demand_now)
+    demand = demand_now + lookahead
+
+    per_target = target * per_replica
+    need_tokens = math.ceil(demand / per_target - 1e-9) if demand > 0 else 0
+    need_seqs = 0
+    if spec.max_num_seqs is not None:
+        need_seqs = math.ceil((running + waiting) / (target * spec.max_num_seqs) - 1e-9)
+    need = max(need_tokens, need_seqs)
+    pressure = waiting > 0 or preempt > 0
+    if pressure and starting == 0:
+        need = max(need, current + 1)
+
+    pct = spec.target_kv_utilization_percent
+    ahead = f" (incl. {format_tokens(lookahead)} trend look-ahead)" if lookahead > 0 else ""
+    demand_text = f"KV demand {format_tokens(demand)} tokens{ahead}"
+    capacity_text = f"{pct} % of {current} {X} {format_tokens(per_replica)}"
+    pressure_text = ""
+    if pressure:
+        pressure_text = f"{waiting:.0f} waiting for capacity, {preempt:.2g} preemptions/s"
+        if starting:
+            pressure_text += f" ({_plural(starting)} starting count as capacity)"
+
+    figures = Figures(
+        replicas=current,
+        ready_replicas=n_ready,
+        capacity_tokens_per_replica=per_replica,
+        kv_tokens_in_use=in_use,
+        demand_tokens=demand,
+        running=running,
+        capacity_waiting=waiting,
+        preemption_rate=preempt,
+        prefix_cache_hit_rate=hit_rate,
+        needed_replicas=need,
+    )
+    new_state = replace(state, trend=trend)
+
+    def decided(action: Action, desired: int, message: str, st: PoolState) -> Decision:
+        return Decision(
+            desired_replicas=desired,
+            action=action,
+            message=message,
+            state=st,
+            metrics=metrics,
+            capacity=capacity,
+            figures=figures,
+        )
+
+    if need > current:
+        whys = []
+        if need_tokens > current:
+            whys.append(f"{demand_text} > {capacity_text}")
+        if need_seqs > current:
+            whys.append(
+                f"{running + waiting:.0f} requests > {pct} % of {current} {X} "
+                f"{spec.max_num_seqs} seqs"
+            )
+        if pressure and starting == 0:
+            whys.append(pressure_text)
+        why = "; ".join(whys)
+        desired = _clamp(need, lower, upper)
+        if desired > current:
+            capped = f" (wanted {need}; maxReplicas/GPU budget)" if desired < need else ""
+            return decided(
+                "up",
+                desired,
+                f"{why} {TO} {_plural(desired)}{capped}",
+                replace(new_state, low_since=None, last_scale_time=now),
+            )
+        return bounded_hold(
+            f"{why}, wants {_plural(need)} but the maxReplicas/GPU budget limit is {upper}",
+            figures,
+            replace(new_state, low_since=None),
+        )
+
+    if need < current and current > lower:
+        fits = f"{demand_text} fits {_plural(need)} at {pct} % of {format_tokens(per_replica)}"
+        if pressure:
+            return bounded_hold(
+                f"{fits}, but {pressure_text}", figures, replace(new_state, low_since=None)
+            )
+        if not complete:
+            return bounded_hold(
+                f"{fits}, but {metrics.reason}: no scale-down on incomplete data",
+                figures,
+                replace(new_state, low_since=None),
+            )
+        low_since = state.low_since if state.low_since is not None else now
+        waited = now - low_since
+        if waited >= spec.scale_down_delay_seconds:
+            desired = _clamp(max(current - 1, need), lower, upper)
+            if desired < current:
+                return decided(
+                    "down",
+                    desired,
+                    f"{fits} for {waited:.0f}s {GE} {spec.scale_down_delay_seconds:g}s {TO} "
+                    f"{_plural(desired)} (one step down from {current})",
+                    replace(new_state, low_since=now, last_scale_time=now),
+                )
+        return bounded_hold(
+            f"{fits}, low for {waited:.0f}s of {spec.scale_down_delay_seconds:g}s",
+            figures,
+            replace(new_state, low_since=low_since),
+        )
+
+    extra = f"; {pressure_text}" if pressure else ""
+    return bounded_hold(
+        f"{demand_text} {LE} {capacity_text} = {format_tokens(per_target * current)}{extra}",
+        figures,
+        replace(new_state, low_since=None),
+    )
+
+
+__all__ = [
+    "CAPACITY_MATCHES_PLAN",
+    "CAPACITY_NOT_REPORTED",
+    "METRICS_CURRENT",
+    "METRICS_MISSING",
+    "METRICS_STALE",
+    "NO_READY_REPLICAS",
+    "PLAN_MISMATCH",
+    "PROMETHEUS_UNAVAILABLE",
+    "CapacityVerdict",
+    "Decision",
+    "Figures",
+    "LengthModel",
+    "MetricsVerdict",
+    "PodSample",
+    "PoolObservation",
+    "PoolState",
+    "ScalingSpec",
+    "check_metrics",
+    "decide",
+    "format_tokens",
+    "trend_slope",
+    "verify_capacity",
+]
