@@ -545,27 +545,6 @@ async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.Mon
     assert "Secret 'nope' key 'token'" in cond["message"]
 
 
-@pytest.mark.parametrize(("trigger", "planned", "synced", "expected"), [
-    ("change", Check("True", "PlanFits", ""), Check("True", "Applied", ""), None),
-    ("change", Check("False", "Infeasible", "x"), Check("Unknown", "NotPlanned", ""),
-     kopf.PermanentError),
-    ("resync", Check("False", "Infeasible", "x"), Check("Unknown", "NotPlanned", ""), None),
-    ("change", Check("False", "NeedsMultiNode", "x"), Check("Unknown", "NotPlanned", ""),
-     kopf.PermanentError),
-    ("change", Check("False", "ModelNotFound", "x"), Check("Unknown", "NotPlanned", ""), None),
-    ("resync", Check("False", "HubUnavailable", "x"), Check("Unknown", "NotPlanned", ""),
-     kopf.TemporaryError),
-    ("change", Check("True", "PlanFits", ""), Check("False", "ApplyRejected", "422"),
-     kopf.PermanentError),
-    ("change", Check("True", "PlanFits", ""), Check("False", "Conflict", "x"), None),
-])
-def test_decide_error(trigger: Any, planned: Check, synced: Check, expected: Any) -> None:
-    from kvcap.controller.reconcile import decide_error
-
-    error = decide_error(trigger, planned, synced, 1.0)
-    assert (type(error) if error else None) is expected
-
-
 def test_hub_reason_matches_the_hub_error() -> None:
     from kvcap.api.errors import HubError
 

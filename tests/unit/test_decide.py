@@ -1,0 +1,216 @@
+"""kvcap.controller.decide: the pure middle of a reconcile, table-tested on plain data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from operator_factories import MODEL, make_plan, make_pool
+
+from kvcap.api import constants as kc
+from kvcap.api.errors import ModelNotFound
+from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.controller.conditions import Check, get_condition
+from kvcap.controller.decide import (
+    ActOutcome,
+    Failure,
+    ModelConfig,
+    Observation,
+    Policy,
+    PoolScale,
+    assess,
+    decide,
+    decide_error,
+    pods_needed,
+    pool_runtime,
+)
+from kvcap.controller.render import Features, RenderOptions
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+H100 = "NVIDIA-H100-80GB-HBM3"
+SPEC = {"model": {"name": MODEL}, "workload": {"maxContextTokens": 8192, "targetConcurrency": 64}}
+
+
+def md(spec: dict[str, Any], *, generation: int = 1, status: dict[str, Any] | None = None,
+       annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "kvcap.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "llama", "namespace": "team-a", "uid": "uid-1",
+                         "generation": generation, "annotations": annotations or {}},
+            "spec": spec, "status": status or {}}
+
+
+def observation(obj: dict[str, Any], *, inventory: Any = None, config: ModelConfig | None = None,
+                children: tuple[dict[str, Any], ...] = (), pods: tuple[dict[str, Any], ...] = (),
+                metrics: object | None = None) -> Observation:
+    return Observation(obj=obj, features=Features(),
+                       inventory={H100: [8, 8]} if inventory is None else inventory,
+                       model_config=config or ModelConfig(), children=children, pods=pods,
+                       now=NOW, metrics=metrics)
+
+
+def planner(plan: CapacityPlan | Exception) -> Any:
+    def plan_fn(spec: Any, *, config: Any = None, cluster_gpus: Any = None) -> CapacityPlan:
+        if isinstance(plan, Exception):
+            raise plan
+        return plan
+    return plan_fn
+
+
+INFEASIBLE = CapacityPlan(feasible=False, reason="InsufficientGpuMemory", message="too big",
+                          model=MODEL)
+BIG = make_plan(make_pool(gpus_per_replica=16, tensor_parallel_size=16, replicas=1))
+
+
+@pytest.mark.parametrize(("spec", "config", "plan", "mode", "planned", "hold", "kinds"), [
+    (SPEC, None, make_plan(), "apply", ("True", "PlanFits"), None,
+     ["Deployment", "Service", "PodDisruptionBudget"]),
+    ({**SPEC, "paused": True}, None, make_plan(), "hold", ("True", "PlanFits"), "Paused", []),
+    ({"model": {"name": MODEL}, "workload": {"maxContextTokens": -1}}, None, make_plan(), "hold",
+     ("False", "InvalidSpec"), "NotPlanned", []),
+    (SPEC, ModelConfig(error=Check("False", "HubUnavailable", "down")), make_plan(), "hold",
+     ("False", "HubUnavailable"), "NotPlanned", []),
+    (SPEC, None, INFEASIBLE, "hold", ("False", "Infeasible"), "NotPlanned", []),
+    (SPEC, None, ModelNotFound("no such model"), "hold", ("False", "ModelNotFound"),
+     "NotPlanned", []),
+    (SPEC, None, ZeroDivisionError("bug"), "hold", ("False", "PlannerError"), "NotPlanned", []),
+    (SPEC, None, BIG, "hold", ("False", "NeedsMultiNode"), "NotPlanned", []),
+])
+def test_decide(spec: dict[str, Any], config: ModelConfig | None, plan: Any, mode: str,
+                planned: tuple[str, str], hold: str | None, kinds: list[str]) -> None:
+    decision = decide(observation(md(spec), config=config), Policy(plan_fn=planner(plan)))
+    assert decision.mode == mode
+    assert (decision.planned.status, decision.planned.reason) == planned
+    assert (decision.hold.reason if decision.hold else None) == hold
+    assert [o["kind"] for o in decision.desired] == kinds
+
+
+@pytest.mark.parametrize(("scales", "replicas", "status_extra"), [
+    ({}, 2, {}),
+    ({"default": PoolScale(5, {"desiredReplicas": 5})}, 5, {"desiredReplicas": 5}),
+    ({"default": PoolScale(None)}, None, {}),  # External: replicas left out of the Deployment
+])
+def test_decide_scale_override(scales: dict[str, PoolScale], replicas: int | None,
+                               status_extra: dict[str, Any]) -> None:
+    seen: list[Any] = []
+
+    def scale(spec: Any, plan: CapacityPlan, metrics: object, stored: Any) -> Any:
+        seen.append(metrics)
+        return scales
+
+    obs = observation(md(SPEC), metrics="snapshot")
+    policy = Policy(plan_fn=planner(make_plan()), scale=scale)
+    decision = decide(obs, policy)
+    assert seen == ["snapshot"]
+    (dep,) = [o for o in decision.desired if o["kind"] == "Deployment"]
+    assert dep["spec"].get("replicas") == replicas
+    report = assess(obs, decision, ActOutcome(Check("True", "Applied", "")), "change", policy)
+    pool = report.status["plan"]["pools"][0]
+    for key, value in status_extra.items():
+        assert pool[key] == value
+
+
+def workload(ready: int, replicas: int = 2, pool: str = "default") -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"llama-{pool}", "generation": 1,
+                         "labels": {kc.LABEL_POOL: pool},
+                         "ownerReferences": [{"uid": "uid-1", "controller": True}]},
+            "spec": {"replicas": replicas},
+            "status": {"observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": 2}}
+
+
+def pending_pod(name: str, pool: str = "default") -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {kc.LABEL_POOL: pool}},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available"}]}}
+
+
+@pytest.mark.parametrize(("children", "expected"), [
+    ((), False), ((workload(2),), False), ((workload(1),), True),
+    ((workload(2), workload(0, pool="long")), True),
+])
+def test_pods_needed(children: tuple[dict[str, Any], ...], expected: bool) -> None:
+    assert pods_needed(children) is expected
+
+
+def test_pool_runtime_groups_workloads_and_pods_by_pool() -> None:
+    pools = pool_runtime([workload(1)], [pending_pod("a"), pending_pod("b", "long")])
+    assert sorted(pools) == ["default", "long"]
+    assert pools["default"].workload is not None and len(pools["default"].pods) == 1
+    assert pools["long"].workload is None
+
+
+@pytest.mark.parametrize(("children", "outcome", "pods", "inventory", "expect"), [
+    # applied, ready: Ready=True
+    ((workload(2),), Check("True", "Applied", "3 children applied"), (), None,
+     {"Ready": ("True", "ReplicasReady"), "Schedulable": ("True", "GpusAvailable")}),
+    # one pending pod the scheduler cannot place
+    ((workload(1),), Check("True", "Applied", ""), (pending_pod("llama-default-x"),), None,
+     {"Ready": ("False", "ReplicasNotReady"), "Schedulable": ("False", "PodUnschedulable")}),
+    # a conflict in act
+    ((), Check("False", "Conflict", "Service 'llama-default' exists"), (), None,
+     {"Ready": ("False", "Conflict"), "ChildrenSynced": ("False", "Conflict")}),
+    # no inventory (disabled)
+    ((workload(2),), Check("True", "Applied", ""), (), {},
+     {"Schedulable": ("False", "InsufficientGpus")}),
+])
+def test_assess(children: tuple[dict[str, Any], ...], outcome: Check,
+                pods: tuple[dict[str, Any], ...], inventory: Any,
+                expect: dict[str, tuple[str, str]]) -> None:
+    obs = observation(md(SPEC), children=children, pods=pods, inventory=inventory)
+    policy = Policy(plan_fn=planner(make_plan()))
+    decision = decide(obs, policy)
+    report = assess(obs, decision, ActOutcome(outcome), "change", policy)
+    for type_, (status, reason) in expect.items():
+        cond = get_condition(report.status, type_)
+        assert cond is not None and (cond["status"], cond["reason"]) == (status, reason), type_
+    assert report.changed and report.status["observedGeneration"] == 1
+
+
+def test_assess_is_quiet_when_nothing_changed() -> None:
+    policy = Policy(plan_fn=planner(make_plan()))
+    obs = observation(md(SPEC), children=(workload(2),))
+    first = assess(obs, decide(obs, policy), ActOutcome(Check("True", "Applied", "")), "resync",
+                   policy)
+    assert [e.reason for e in first.events] == [kc.EVENT_PLAN_CHANGED, kc.EVENT_READY]
+    again = observation(md(SPEC, status=first.status), children=(workload(2),))
+    second = assess(again, decide(again, policy), ActOutcome(Check("True", "Applied", "")),
+                    "resync", policy)
+    assert not second.changed and second.events == () and second.failure is None
+
+
+def test_assess_reports_deleted_pools() -> None:
+    policy = Policy(plan_fn=planner(make_plan()))
+    obs = observation(md(SPEC))
+    report = assess(obs, decide(obs, policy),
+                    ActOutcome(Check("True", "Applied", ""), deleted=("Deployment 'llama-long'",)),
+                    "change", policy)
+    assert report.events[0].reason == kc.EVENT_POOL_DELETED
+
+
+@pytest.mark.parametrize(("trigger", "planned", "synced", "expected"), [
+    ("change", Check("True", "PlanFits", ""), Check("True", "Applied", ""), None),
+    ("change", Check("False", "Infeasible", "x"), Check("Unknown", "NotPlanned", ""), True),
+    ("resync", Check("False", "Infeasible", "x"), Check("Unknown", "NotPlanned", ""), None),
+    ("change", Check("False", "NeedsMultiNode", "x"), Check("Unknown", "NotPlanned", ""), True),
+    ("change", Check("False", "InvalidSpec", "x"), Check("Unknown", "NotPlanned", ""), True),
+    ("resync", Check("False", "InvalidSpec", "x"), Check("Unknown", "NotPlanned", ""), None),
+    ("change", Check("False", "ModelNotFound", "x"), Check("Unknown", "NotPlanned", ""), None),
+    ("resync", Check("False", "HubUnavailable", "x"), Check("Unknown", "NotPlanned", ""), False),
+    ("change", Check("True", "PlanFits", ""), Check("False", "ApplyRejected", "422"), True),
+    ("change", Check("True", "PlanFits", ""), Check("False", "Conflict", "x"), None),
+])
+def test_decide_error(trigger: Any, planned: Check, synced: Check, expected: bool | None) -> None:
+    failure = decide_error(trigger, planned, synced, 1.0)
+    assert (failure.permanent if isinstance(failure, Failure) else None) is expected
+    if failure is not None and not failure.permanent:
+        assert failure.delay == 60.0
+
+
+def test_render_options_reach_the_children() -> None:
+    policy = Policy(plan_fn=planner(make_plan()),
+                    render=RenderOptions(extra_tolerations=({"key": "k", "operator": "Exists"},)))
+    decision = decide(observation(md(SPEC)), policy)
+    dep = decision.desired[0]
+    assert {"key": "k", "operator": "Exists"} in dep["spec"]["template"]["spec"]["tolerations"]
