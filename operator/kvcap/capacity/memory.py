@@ -51,6 +51,28 @@ class ServeArgs:
     enforce_eager: bool = False
     disable_hybrid_kv_cache_manager: bool = False
     dtype: str = "auto"  # --dtype: 'auto' (checkpoint dtype; float32 served as bfloat16) or explicit
+    calibration: Calibration | None = None  # a team's own measurement (kvcap calibrate)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Corrections measured on a real launch (`kvcap calibrate --write-override`): what vLLM logged
+    minus what kvcap predicted, per component, for one model on one GPU product and vLLM version.
+    Applied on top of the model's prediction, so they carry over to other flags of the same
+    setup."""
+
+    model: str
+    gpu: str
+    vllm_version: str
+    weights_delta_bytes: int = 0
+    activation_delta_bytes: int = 0
+    non_torch_delta_bytes: int = 0
+    cudagraph_delta_bytes: int = 0
+    source: str = ""
+
+    def matches(self, model: str, gpu: str, version: str) -> bool:
+        return (self.model.lower() == model.lower() and self.gpu == gpu
+                and self.vllm_version == version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +162,18 @@ class Estimate:
 # ---------------------------------------------------------------------------------------------
 
 def default_batch_limits(gpu: Gpu, prof: VllmProfile) -> tuple[int, int]:
-    """(max_num_seqs, max_num_batched_tokens) for `vllm serve` (OPENAI_API_SERVER usage context).
+    """(max_num_seqs, max_num_batched_tokens) `vllm serve` picks (OPENAI_API_SERVER usage context).
 
-    vllm/engine/arg_utils.py `get_batch_defaults`: GPUs with >= 70 GiB that are not A100 get
-    1024 / 8192, others 256 / 2048. Before v0.10 the server defaults were 256 / 2048 everywhere.
-    V0 profiled max(max_model_len, 2048) tokens without chunked prefill; the caller handles that.
+    vllm/engine/arg_utils.py; the rule that applies depends on the version (`vllm_version._RULES`,
+    "batch_defaults"). V0 profiled max(max_model_len, 2048) tokens without chunked prefill; the
+    caller handles that.
     """
-    if prof.device_batch_defaults and gpu.memory_bytes >= 70 * GIB and "A100" not in gpu.name.upper():
+    name = gpu.name.upper()
+    rule = prof.batch_defaults
+    if rule == "h100":
+        return 256, (8192 if ("H100" in name or "H200" in name) else 2048)
+    large = rule in ("mem70", "mem70-no-a100") and gpu.memory_bytes >= 70 * GIB
+    if large and (rule == "mem70" or "A100" not in name):
         return 1024, 8192
     return 256, 2048
 
@@ -282,6 +309,11 @@ _QUANT_FLAG_BITS = {"fp8": 8.0, "fbgemm_fp8": 8.0, "awq": 4.25, "awq_marlin": 4.
                     "int8": 8.0, "modelopt": 8.0, "none": 16.0}
 
 
+# gpt-oss loads 13.64 GiB (20b) and 65.97 GiB (120b) where 4.25-bit experts predict ~8% less: vLLM
+# pads the mxfp4 expert tensors for its kernels (llm-d v0.19 logs; vllm #23278, v0.10.1).
+MXFP4_EXPERT_FACTOR = 1.088
+
+
 def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | None) -> int:
     """Model weights resident on one GPU of the largest pipeline stage.
 
@@ -304,7 +336,7 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     if method is None or bits is None or bits >= 16:
         body = body_params * wb
     elif method == "mxfp4" and arch.expert_parameters:
-        pad = overhead_models()["v1"].mxfp4_expert_factor
+        pad = MXFP4_EXPERT_FACTOR
         body = arch.expert_parameters * bits / 8 * pad + (body_params - arch.expert_parameters) * wb
     else:
         vision = arch.vision_parameters
@@ -319,7 +351,7 @@ class OverheadModel:
 
     act_const_gib: float
     act_per_token_hidden: float  # bytes per (profiled token x hidden size)
-    act_per_seq_vocab: float  # bytes per (sampled sequence x vocab) -- the sampler's dummy batch
+    act_per_seq_vocab: float  # bytes per (dummy sampler request x vocab) -- the sampler's batch
     act_per_token_moe: float  # bytes per (token x experts per token x expert width / TP)
     act_moe_const_gib: float  # fixed extra for MoE models
     non_torch_gib: dict[int, float]  # by TP size
@@ -329,40 +361,49 @@ class OverheadModel:
     mxfp4_expert_factor: float  # vLLM pads mxfp4 expert tensors for its kernels
 
 
+def overhead_model_from(c: dict[str, Any]) -> OverheadModel:
+    return OverheadModel(
+        act_const_gib=float(c["act_const_gib"]),
+        act_per_token_hidden=float(c["act_per_token_hidden"]),
+        act_per_seq_vocab=float(c["act_per_seq_vocab"]),
+        act_per_token_moe=float(c.get("act_per_token_moe", 0.0)),
+        act_moe_const_gib=float(c.get("act_moe_const_gib", 0.0)),
+        non_torch_gib={int(k): float(v) for k, v in c["non_torch_gib"].items()},
+        non_torch_pp_only_gib=float(c.get("non_torch_pp_only_gib", 0.1)),
+        cudagraph_gib=float(c.get("cudagraph_gib", 0.0)),
+        cudagraph_per_layer_mib=float(c.get("cudagraph_per_layer_mib", 0.0)),
+        mxfp4_expert_factor=float(c.get("mxfp4_expert_factor", 1.0)),
+    )
+
+
 @cache
 def overhead_models() -> dict[str, OverheadModel]:
     raw = yaml.safe_load((Path(__file__).parent / "data" / "overheads.yaml").read_text())
-    out = {}
-    for era, c in raw["eras"].items():
-        out[era] = OverheadModel(
-            act_const_gib=float(c["act_const_gib"]),
-            act_per_token_hidden=float(c["act_per_token_hidden"]),
-            act_per_seq_vocab=float(c["act_per_seq_vocab"]),
-            act_per_token_moe=float(c.get("act_per_token_moe", 0.0)),
-            act_moe_const_gib=float(c.get("act_moe_const_gib", 0.0)),
-            non_torch_gib={int(k): float(v) for k, v in c["non_torch_gib"].items()},
-            non_torch_pp_only_gib=float(c.get("non_torch_pp_only_gib", 0.1)),
-            cudagraph_gib=float(c.get("cudagraph_gib", 0.0)),
-            cudagraph_per_layer_mib=float(c.get("cudagraph_per_layer_mib", 0.0)),
-            mxfp4_expert_factor=float(c.get("mxfp4_expert_factor", 1.0)),
-        )
-    return out
+    return {era: overhead_model_from(c) for era, c in raw["eras"].items()}
+
+
+def sampler_requests(seqs: int, tokens: int, prof: VllmProfile) -> int:
+    """Requests in the profile run's dummy sampler batch (V1 `_dummy_run`: min(tokens, seqs))."""
+    return min(seqs, tokens) if prof.sampler_requests_capped_by_tokens else seqs
 
 
 def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, prof: VllmProfile,
-                   enforce_eager: bool) -> tuple[int, int, int]:
+                   enforce_eager: bool, model: OverheadModel | None = None) -> tuple[int, int, int]:
     """(activation peak, non-torch increase, CUDA graph) bytes on one GPU for vLLM's profile run.
 
-    The activation peak of V1 is dominated by the sampler's dummy batch (max_num_seqs x vocab logits,
-    gathered in full on every rank, so not divided by TP) plus hidden states of the profiled tokens and,
-    for MoE, the routed experts' intermediate activations. With pipeline parallelism only the last
-    stage samples; vLLM sizes the cache by the minimum over stages, so the last stage counts.
+    The activation peak of V1 is dominated by the sampler's dummy batch (min(max_num_seqs,
+    max_num_batched_tokens) requests x vocab logits, gathered in full on every rank, so not divided
+    by TP; its bytes per element depend on the sampler implementation of the version, see
+    `vllm_version`) plus hidden states of the profiled tokens and, for MoE, the routed experts'
+    intermediate activations. With pipeline parallelism only the last stage samples; vLLM sizes the
+    cache by the minimum over stages, so the last stage counts.
     """
-    m = overhead_models()[prof.profiler_era]
+    m = model or overhead_models()[prof.profiler_era]
     dtype_scale = arch.dtype_bytes / 2
+    reqs = sampler_requests(seqs, tokens, prof)
     act = (m.act_const_gib * GIB
            + m.act_per_token_hidden * tokens * arch.hidden_size * dtype_scale
-           + m.act_per_seq_vocab * seqs * arch.vocab_size)
+           + m.act_per_seq_vocab * reqs * arch.vocab_size)
     if arch.is_moe:
         act += m.act_moe_const_gib * GIB
     if arch.is_moe and arch.experts_per_token:
@@ -450,6 +491,13 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
         available = args.kv_cache_memory_bytes
     else:
         act, non_torch, graph = overhead_bytes(arch, tp, pp, tokens, seqs, prof, args.enforce_eager)
+        cal = args.calibration
+        if cal is not None and cal.matches(arch.name, gpu.name, prof.label):
+            weights = max(0, weights + cal.weights_delta_bytes)
+            act = max(0, act + cal.activation_delta_bytes)
+            non_torch = max(0, non_torch + cal.non_torch_delta_bytes)
+            if graph:  # only versions that subtract CUDA-graph memory, and not with --enforce-eager
+                graph = max(0, graph + cal.cudagraph_delta_bytes)
         available = int(total * util) - weights - act - non_torch - graph
 
     lay = _layout(arch, tp, kv_bytes, args.block_size, prof, args.disable_hybrid_kv_cache_manager,

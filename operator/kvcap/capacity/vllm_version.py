@@ -1,6 +1,11 @@
 """What changes in vLLM's memory accounting from version to version.
 
-Every switch cites where the behaviour changed; `../shared/notes/vllm-facts.md` has the long form.
+Every rule is keyed on the first release that shipped it and cites the PR that introduced it
+(`../shared/notes/vllm-facts.md` has the long form; `docs/capacity-model.md` the table). Where
+the release is inferred from the PR's merge date rather than read from release notes, the comment
+says so.
+The newest version kvcap has rules for is `NEWEST_VERSION`; later versions are accepted and follow
+the newest rules.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from functools import cache
 
 from kvcap.api.errors import InvalidArgument
 
-DEFAULT_VERSION = "0.11.0"
+# vLLM's docs list v0.32.0 by late 2026 (shared/notes/vllm-facts.md, "Releases"); the last
+# accounting change kvcap knows of is v0.21.0's CUDA-graph estimate (PR #30515 / #38284).
+NEWEST_VERSION = "0.32.0"
+DEFAULT_VERSION = NEWEST_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +29,11 @@ class VllmProfile:
     default_gpu_memory_utilization: float
     hybrid_allocator: bool  # sliding-window / Mamba layers get their own KV groups
     subtracts_cudagraph_memory: bool
-    device_batch_defaults: bool  # max_num_seqs / max_num_batched_tokens depend on the GPU
-    profiler_era: str  # "v0" | "v1-early" | "v1" — which memory-profiling formula applies
+    batch_defaults: str  # which `get_batch_defaults` rule applies (see `default_batch_limits`)
+    sampler: str  # "none" | "sort" | "triton": what the profile run's dummy sampler batch costs
+    profiler_era: str  # key into data/overheads.yaml
+    # dummy sampler batch = min(max_num_seqs, max_num_batched_tokens) requests
+    sampler_requests_capped_by_tokens: bool
 
     @property
     def label(self) -> str:
@@ -37,19 +48,75 @@ def parse_version(text: str | None) -> tuple[int, int, int]:
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
+# Each rule: (first version, value). The comment is the citation.
+_RULES: dict[str, list[tuple[tuple[int, int, int], object]]] = {
+    # V1 became the default engine in v0.8.0 (VLLM_USE_V1=1 by default; V1 user guide, v0.8.x docs);
+    # V0 was removed in v0.11.0.
+    "engine": [((0, 0, 0), "V0"), ((0, 8, 0), "V1")],
+    # PR #38284 (v0.21.0) turned the CUDA-graph memory estimate on by default and raised the
+    # default utilization 0.9 -> 0.92 (the log prints the equivalent old value).
+    "default_util": [((0, 0, 0), 0.9), ((0, 21, 0), 0.92)],
+    # Hybrid KV cache manager (PR #17996): sliding-window and Mamba layers in their own groups.
+    # Shipped in v0.9.2 behind a flag, on by default from v0.10.0.
+    "hybrid_allocator": [((0, 0, 0), False), ((0, 10, 0), True)],
+    # `profile_cudagraph_memory` (PR #30515), default on since PR #38284 (v0.21.0).
+    "cudagraph": [((0, 0, 0), False), ((0, 21, 0), True)],
+    # engine/arg_utils.py server defaults (OPENAI_API_SERVER usage context):
+    #   "v0"       no chunked prefill: max_num_batched_tokens = max(max_model_len, 2048), 256 seqs
+    #   "h100"     PR #12369 (merged 2025-01-24, v0.7.1): H100/H200 get 8192 tokens, others 2048;
+    #              max_num_seqs 256 everywhere
+    #   "mem70"    PR #17073 (merged 2025-04-23, v0.8.5): any GPU with >= 70 GiB gets 1024 seqs /
+    #              8192 tokens
+    #   "mem70-no-a100"  PR #17885 (merged 2025-05-09, v0.9.0): ... except A100 (256 / 2048)
+    "batch_defaults": [((0, 0, 0), "v0"), ((0, 7, 1), "h100"), ((0, 8, 5), "mem70"),
+                       ((0, 9, 0), "mem70-no-a100")],
+    # The profile run's dummy sampler batch:
+    #   V0 sampled in its profile run too, but its logits are small next to the prefill activations
+    #   the V0 coefficients already carry ("none": no separate term).
+    #   "sort"   PR #13594 (merged 2025-02-22, v0.8.0) put the sampler into V1's profile run with
+    #            top-p and top-k set, which takes vLLM's PyTorch sort path (topk_topp_sampler.py):
+    #            a full-vocab sort per request (float32 values, int64 indices, softmax, cumsum),
+    #            ~37 bytes per (request x vocab) -- PR #32558 measures 1.25 GB for 256 x 131072.
+    #            This is why gpt-oss-120b (vocab 201,088) at 1,024 dummy requests loses ~7 GiB
+    #            to the profile run (vllm #27508).
+    #   "triton" PR #33538 (merged 2026-02-02; first release v0.16.0, inferred from the merge date
+    #            and vllm #33920 still sorting on 0.15.0rc2) replaced the sort with Triton top-k/p
+    #            kernels that keep a bounded buffer (384 MB for the same 256 x 131072 in PR #32558's
+    #            table): ~14 bytes per (request x vocab) with the float32 logits and probabilities.
+    "sampler": [((0, 0, 0), "none"), ((0, 8, 0), "sort"), ((0, 16, 0), "triton")],
+    # V1 `_dummy_run` builds min(num_tokens, max_num_seqs) dummy requests, so the sampler batch is
+    # capped by max_num_batched_tokens (gpu_model_runner.py `_dummy_run`: num_reqs = min(...)).
+    "sampler_capped": [((0, 0, 0), False), ((0, 8, 0), True)],
+    # Which coefficient set of data/overheads.yaml applies.
+    "profiler_era": [((0, 0, 0), "v0"), ((0, 8, 0), "v1-sort"), ((0, 16, 0), "v1")],
+}
+
+
+def _rule(name: str, v: tuple[int, int, int]) -> object:
+    value: object = None
+    for since, val in _RULES[name]:
+        if v >= since:
+            value = val
+    return value
+
+
+def rule_table() -> list[tuple[str, str, str]]:
+    """(rule, first version, value) rows, for docs and `kvcap` output."""
+    return [(name, ".".join(map(str, since)), str(val))
+            for name, rows in _RULES.items() for since, val in rows]
+
+
 @cache
 def profile(text: str | None = None) -> VllmProfile:
     v = parse_version(text)
     return VllmProfile(
         version=v,
-        # V1 became the default engine in v0.8.0 (VLLM_USE_V1=1 default); V0 was removed in v0.11.
-        engine="V1" if v >= (0, 8, 0) else "V0",
-        # PR #38284 (v0.21.0) enabled CUDA-graph memory profiling by default and raised 0.9 -> 0.92.
-        default_gpu_memory_utilization=0.92 if v >= (0, 21, 0) else 0.9,
-        # Hybrid KV cache manager (PR #17996 "Hybrid allocator") shipped in v0.9.2 / v0.10.0.
-        hybrid_allocator=v >= (0, 10, 0),
-        subtracts_cudagraph_memory=v >= (0, 21, 0),
-        # arg_utils.py `get_batch_defaults`: device-dependent defaults since v0.10.
-        device_batch_defaults=v >= (0, 10, 0),
-        profiler_era="v0" if v < (0, 8, 0) else ("v1-early" if v < (0, 11, 0) else "v1"),
+        engine=str(_rule("engine", v)),
+        default_gpu_memory_utilization=float(_rule("default_util", v)),  # type: ignore[arg-type]
+        hybrid_allocator=bool(_rule("hybrid_allocator", v)),
+        subtracts_cudagraph_memory=bool(_rule("cudagraph", v)),
+        batch_defaults=str(_rule("batch_defaults", v)),
+        sampler=str(_rule("sampler", v)),
+        profiler_era=str(_rule("profiler_era", v)),
+        sampler_requests_capped_by_tokens=bool(_rule("sampler_capped", v)),
     )

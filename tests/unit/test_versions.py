@@ -1,0 +1,97 @@
+"""The version table: each memory-accounting rule switches at the release that introduced it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kvcap.api.models import VllmSpec
+from kvcap.capacity.catalog import GIB, Gpu
+from kvcap.capacity.configs import load_model
+from kvcap.capacity.memory import ServeArgs, default_batch_limits, estimate
+from kvcap.capacity.vllm_version import DEFAULT_VERSION, NEWEST_VERSION, parse_version, profile
+
+H100 = Gpu("H100-80GB", (), "nvidia", int(79.19 * GIB), 3350, 989, True)
+A100 = Gpu("A100-80GB", (), "nvidia", int(79.15 * GIB), 2039, 312, False)
+L40S = Gpu("L40S", (), "nvidia", int(44.4 * GIB), 864, 362, True)
+MI300X = Gpu("MI300X", (), "amd", int(191.5 * GIB), 5300, 1307, True)
+
+
+@pytest.mark.parametrize(("version", "engine", "util", "hybrid", "graphs", "sampler", "era"), [
+    ("0.6.4", "V0", 0.9, False, False, "none", "v0"),
+    ("0.7.3", "V0", 0.9, False, False, "none", "v0"),
+    ("0.8.0", "V1", 0.9, False, False, "sort", "v1-sort"),   # V1 default; PR #13594 sampler
+    ("0.9.2", "V1", 0.9, False, False, "sort", "v1-sort"),
+    ("0.10.0", "V1", 0.9, True, False, "sort", "v1-sort"),   # hybrid allocator on (PR #17996)
+    ("0.11.2", "V1", 0.9, True, False, "sort", "v1-sort"),
+    ("0.15.1", "V1", 0.9, True, False, "sort", "v1-sort"),
+    ("0.16.0", "V1", 0.9, True, False, "triton", "v1"),      # PR #33538 Triton top-k/top-p
+    ("0.20.2", "V1", 0.9, True, False, "triton", "v1"),
+    ("0.21.0", "V1", 0.92, True, True, "triton", "v1"),      # PR #38284 / #30515
+    ("v0.32.0", "V1", 0.92, True, True, "triton", "v1"),
+    ("0.40.1", "V1", 0.92, True, True, "triton", "v1"),      # later than the table: newest rules
+])
+def test_rules_switch_at_the_release_that_introduced_them(version, engine, util, hybrid, graphs,
+                                                           sampler, era):
+    p = profile(version)
+    assert (p.engine, p.default_gpu_memory_utilization, p.hybrid_allocator,
+            p.subtracts_cudagraph_memory, p.sampler, p.profiler_era) == (
+        engine, util, hybrid, graphs, sampler, era)
+
+
+@pytest.mark.parametrize(("version", "gpu", "limits"), [
+    ("0.7.3", H100, (256, 8192)),    # PR #12369: H100/H200 by name, tokens only
+    ("0.7.3", MI300X, (256, 2048)),
+    ("0.8.5", A100, (1024, 8192)),   # PR #17073: >= 70 GiB, A100 included
+    ("0.8.5", MI300X, (1024, 8192)),
+    ("0.9.0", A100, (256, 2048)),    # PR #17885: A100 back to the small defaults
+    ("0.9.0", H100, (1024, 8192)),
+    ("0.19.0", L40S, (256, 2048)),
+    ("0.32.0", MI300X, (1024, 8192)),
+])
+def test_batch_defaults_per_gpu_and_version(version, gpu, limits):
+    assert default_batch_limits(gpu, profile(version)) == limits
+
+
+def test_default_is_the_newest_supported_version():
+    assert DEFAULT_VERSION == NEWEST_VERSION
+    assert profile(None).version == parse_version(NEWEST_VERSION)
+
+
+def test_sampler_sort_era_explains_gpt_oss_120b_refusal():
+    """vllm #27508: gpt-oss-120b, one H100, --gpu-memory-utilization 0.95 --max-num-batched-tokens
+    1024 on a 0.11-era build logged 1.71 GiB and refused the 131,072-token max length. The profile
+    run's 1,024 dummy requests x 201,088 vocab through the PyTorch sort sampler (~37 B each) cost
+    ~7 GiB; with the Triton sampler (v0.16+) the same flags fit."""
+    arch = load_model("openai/gpt-oss-120b")  # the catalog's cited config.json
+    args = ServeArgs(gpu_memory_utilization=0.95, max_num_batched_tokens=1024)
+    old = estimate(arch, H100, replace(args, vllm_version="0.11.0"))
+    new = estimate(arch, H100, replace(args, vllm_version="0.19.0"))
+    assert not old.fits and "To serve at least one request" in old.reason
+    assert abs(old.available_kv_bytes / GIB - 1.71) < 0.5
+    assert new.fits
+    assert old.activation_bytes - new.activation_bytes > 3 * GIB
+
+
+def test_sampler_batch_is_capped_by_batched_tokens():
+    """V1 `_dummy_run` builds min(max_num_batched_tokens, max_num_seqs) requests."""
+    arch = load_model("openai/gpt-oss-120b")  # the catalog's cited config.json
+    few = estimate(arch, H100, ServeArgs(max_num_batched_tokens=256, max_num_seqs=1024,
+                                         vllm_version="0.11.0"))
+    many = estimate(arch, H100, ServeArgs(max_num_batched_tokens=256, max_num_seqs=256,
+                                          vllm_version="0.11.0"))
+    assert few.activation_bytes == many.activation_bytes
+
+
+@pytest.mark.parametrize(("image", "version", "expected"), [
+    ("vllm/vllm-openai:v0.19.0", None, "0.19.0"),
+    ("vllm/vllm-openai:v0.10.1.1", None, "0.10.1"),
+    ("registry.local:5000/vllm/vllm-openai:0.21.0-cu128", None, "0.21.0"),
+    ("vllm/vllm-openai:latest", None, None),  # planner falls back to the newest version
+    ("vllm/vllm-openai:v0.19.0", "0.11.2", "0.11.2"),  # spec.vllm.version wins
+])
+def test_operator_takes_the_version_from_the_image_tag(image, version, expected):
+    spec = VllmSpec(image=image, version=version)
+    assert spec.resolved_version() == expected
+    assert profile(spec.resolved_version()).label == (expected or NEWEST_VERSION)
