@@ -6,6 +6,7 @@ check kvcap against real vLLM startup logs.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ class Case:
     gpu: Gpu | None  # None: the log does not say which GPU / how much memory
     args: ServeArgs
     observed: dict[str, Any]
-    version_known: bool
+    version_known: bool  # a version is recorded (read from the log, or inferred: see version_inferred)
     raw: dict[str, Any]
+    version_inferred: bool = False
+    source_id: str = ""  # one id per independent source (a thread, a campaign): leave-one-source-out
 
     @property
     def refused(self) -> bool:
@@ -57,6 +60,19 @@ def _gpu(entry: dict[str, Any]) -> Gpu | None:
         return Gpu(base.name, base.aliases, base.vendor, int(float(total) * GIB), base.bandwidth_gbps,
                    base.bf16_tflops, base.fp8, base.compute_capability)
     return found
+
+
+def source_key(entry: dict[str, Any]) -> str:
+    """The independent source a launch comes from, when the entry has no `source_id`: the issue or
+    pull-request thread, or the repository for files in a repository."""
+    url = str(entry.get("source") or "")
+    m = re.match(r"https?://github\.com/([^/]+/[^/]+)/(issues|pull|discussions)/(\d+)", url)
+    if m:
+        return f"{m.group(1)}#{m.group(3)}"
+    m = re.match(r"https?://(?:github\.com|raw\.githubusercontent\.com)/([^/]+/[^/]+)", url)
+    if m:
+        return m.group(1)
+    return url.split("?")[0] or str(entry.get("id"))
 
 
 def load_cases() -> tuple[list[Case], list[tuple[str, str]]]:
@@ -89,6 +105,7 @@ def load_cases() -> tuple[list[Case], list[tuple[str, str]]]:
             disable_hybrid_kv_cache_manager="--disable-hybrid-kv-cache-manager" in (a.get("other") or []),
             dtype=str(a.get("dtype") or "auto"),
         )
+        inferred = bool(e.get("vllm_version_inferred")) or "vllm_version" in (e.get("inferred") or [])
         cases.append(Case(e["id"], e.get("source", ""), arch, _gpu(e), args, e.get("observed") or {},
-                          bool(version), e))
+                          bool(version), e, inferred, str(e.get("source_id") or source_key(e))))
     return cases, skipped

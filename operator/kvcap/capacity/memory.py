@@ -12,6 +12,7 @@ The non-KV part (activation peak, non-torch memory, CUDA graphs) is a calibrated
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -420,7 +421,7 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
     if prof.subtracts_cudagraph_memory and not enforce_eager:
         layers_here = cdiv(len(arch.layer_kinds) or 1, pp)
         graph = m.cudagraph_gib * GIB + m.cudagraph_per_layer_mib * (1 << 20) * layers_here
-    return int(act), int(non_torch), int(graph)
+    return max(0, int(act)), max(0, int(non_torch)), int(graph)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,8 +459,10 @@ def with_dtype(arch: ModelArch, dtype: str) -> ModelArch:
     return replace(arch, dtype=name, dtype_bytes=size)
 
 
-def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
-    """Predict vLLM's startup memory accounting for one replica."""
+def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
+             overheads: Mapping[str, OverheadModel] | None = None) -> Estimate:
+    """Predict vLLM's startup memory accounting for one replica. `overheads` replaces the shipped
+    overhead coefficients per profiler era (the accuracy benchmark's leave-one-source-out fits)."""
     prof = profile(args.vllm_version)
     tp, pp, dcp = args.tensor_parallel_size, args.pipeline_parallel_size, args.decode_context_parallel_size
     validate_parallelism(arch, tp, pp, dcp)
@@ -490,7 +493,9 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate:
         act = non_torch = graph = 0
         available = args.kv_cache_memory_bytes
     else:
-        act, non_torch, graph = overhead_bytes(arch, tp, pp, tokens, seqs, prof, args.enforce_eager)
+        act, non_torch, graph = overhead_bytes(
+            arch, tp, pp, tokens, seqs, prof, args.enforce_eager,
+            overheads[prof.profiler_era] if overheads else None)
         cal = args.calibration
         if cal is not None and cal.matches(arch.name, gpu.name, prof.label):
             weights = max(0, weights + cal.weights_delta_bytes)
