@@ -53,7 +53,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +274,160 @@ def node_manifests(pools: Iterable[GpuNodePool]) -> list[dict[str, Any]]:
     return nodes
 
 
+# --------------------------------------------------------------------------- node health
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeHealth:
+    """How long a fake node may go quiet before the control plane gives up on it.
+
+    kwok renews each node's Lease (kube-node-lease) every quarter of `lease_seconds`; the node
+    lifecycle controller marks a node Unknown, its pods NotReady and taints it `unreachable` once no
+    renewal was seen for `grace_seconds`. On a shared 2-core machine kwok can stall for tens of
+    seconds; the upstream defaults (40 s lease, 50 s grace) then flip healthy nodes, so the grace is
+    generous here. Whatever still flips recovers: see `KVCAP_KWOK_STAGES` (pods become Ready again
+    once their node is back, as a kubelet would report them).
+    Sources: kube-controller-manager reference, `--node-monitor-grace-period` (default 50s) and
+    `--node-monitor-period` (5s),
+    https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/ ;
+    kwok `--node-lease-duration-seconds` (default 40), renewed at a quarter of it
+    (sigs.k8s.io/kwok pkg/kwok/cmd/root.go, pkg/kwok/controllers/node_lease_controller.go).
+    """
+
+    lease_seconds: int = 40
+    grace_seconds: int = 180
+    monitor_seconds: int = 5
+
+    def __post_init__(self) -> None:
+        if self.grace_seconds < self.lease_seconds or self.monitor_seconds >= self.grace_seconds:
+            raise ValueError(
+                f"node grace period {self.grace_seconds}s must be at least the lease duration "
+                f"{self.lease_seconds}s and longer than the monitor period {self.monitor_seconds}s"
+            )
+
+
+#: jq query (kwok selector key): true for each container whose image is on a registry under the
+#: reserved `.invalid` TLD (RFC 2606), which no kubelet can ever pull.
+UNPULLABLE_IMAGE_QUERY = '.spec.containers.[] | .image | test("^[^/]*[.]invalid(:[0-9]+)?/")'
+UNPULLABLE_REGISTRY = "registry.invalid"  # e.g. `registry.invalid/vllm/vllm-openai:v0.11.0`
+
+_READY_AGAIN_TEMPLATE = """{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: ContainersReady
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Ready
+"""
+
+_IMAGE_PULL_BACKOFF_TEMPLATE = """{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  type: ContainersReady
+  reason: ContainersNotReady
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  type: Ready
+  reason: ContainersNotReady
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  imageID: ""
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    waiting:
+      reason: ImagePullBackOff
+      message: {{ printf "Back-off pulling image %q" .image | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+phase: Pending
+startTime: {{ $now | Quote }}
+"""
+
+
+def _stage(
+    name: str, exprs: list[dict[str, Any]], template: str, delay_ms: int = 0
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {"matchExpressions": exprs},
+        "next": {"statusTemplate": template},
+    }
+    if delay_ms:
+        spec["delay"] = {"durationMilliseconds": delay_ms}
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+#: Stages kvcap adds to kwok's defaults (their templates are ours; kwok's Stage API:
+#: https://kwok.sigs.k8s.io/docs/user/stages-configuration/).
+KVCAP_KWOK_STAGES: tuple[dict[str, Any], ...] = (
+    # A kubelet reports a running pod Ready again once its node is back; kwok's `pod-ready` fires
+    # only before a pod has an IP, so pods the node lifecycle controller marked NotReady while kwok
+    # missed heartbeats stayed NotReady for good. The delay keeps it from racing that controller
+    # while the node is still Unknown (it re-marks the pod, and this stage tries again).
+    _stage(
+        "kvcap-pod-ready-again",
+        [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".status.podIP", "operator": "Exists"},
+            {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+            {
+                "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+                "operator": "NotIn",
+                "values": ["True"],
+            },
+        ],
+        _READY_AGAIN_TEMPLATE,
+        delay_ms=2000,
+    ),
+    # What a kubelet reports for an image it cannot pull: Pending, waiting in ImagePullBackOff.
+    _stage(
+        "kvcap-pod-image-pull-backoff",
+        [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".status.hostIP", "operator": "DoesNotExist"},
+            {"key": UNPULLABLE_IMAGE_QUERY, "operator": "In", "values": ["true"]},
+        ],
+        _IMAGE_PULL_BACKOFF_TEMPLATE,
+        delay_ms=500,
+    ),
+)
+
+
+def kwok_stages(upstream: str) -> list[dict[str, Any]]:
+    """kwok's default stages (from build-k8s.sh), amended, plus KVCAP_KWOK_STAGES.
+
+    Amendment: kwok's `pod-ready` must not fire for unpullable images (kwok picks one stage at
+    random when several match: sigs.k8s.io/kwok pkg/kwok/controllers/lifecycle.go `Match`).
+    """
+    stages = [d for d in yaml.safe_load_all(upstream) if d]
+    names = {s.get("metadata", {}).get("name") for s in stages}
+    if "pod-ready" not in names:
+        raise ClusterError("kwok's stages.yaml has no 'pod-ready' stage; rebuild: " + BUILD_HINT)
+    for s in stages:
+        if s["metadata"]["name"] == "pod-ready":
+            s["spec"]["selector"].setdefault("matchExpressions", []).append(
+                {"key": UNPULLABLE_IMAGE_QUERY, "operator": "NotIn", "values": ["true"]}
+            )
+    return [*stages, *(json.loads(json.dumps(s)) for s in KVCAP_KWOK_STAGES)]
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -415,6 +569,7 @@ class Cluster:
         self._remove_workdir = False
         self._die_with_parent = True
         self._ssl: ssl.SSLContext = _no_verify_ctx()  # until the CA is known
+        self.node_health = NodeHealth()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -429,12 +584,14 @@ class Cluster:
         bin_dir: str | os.PathLike[str] | None = None,
         timeout: float = 120.0,
         die_with_parent: bool = True,
+        node_health: NodeHealth | None = None,
     ) -> Cluster:
         """Start a control plane and wait until it is usable.
 
         `tier`: "envtest" (etcd + apiserver) or "e2e" (+ controller-manager, scheduler, kwok).
         `workdir`: data, logs, certs and state; a fresh temp dir (removed by stop()) if None.
         `die_with_parent`: processes get SIGKILL if this process dies (off for a sandbox).
+        `node_health`: lease and grace periods of the fake nodes (default NodeHealth()).
         """
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
@@ -459,6 +616,7 @@ class Cluster:
         for attempt in range(1, 4):
             c = cls(wd, tier, bdir)
             c._remove_workdir = remove
+            c.node_health = node_health or NodeHealth()
             if kubeconfig is not None:
                 c.kubeconfig = Path(kubeconfig).resolve()
             try:
@@ -613,10 +771,13 @@ class Cluster:
                 f"--root-ca-file={self.ca_file}",
                 "--use-service-account-credentials=false",
                 "--controllers=*,-nodeipam",
-                # v1.36's stale-cache guard (KEP-5647, beta) requeues the ReplicaSet controller whenever
-                # its informer lags a write; on a loaded 2-core CI machine that left ReplicaSet status
-                # stale for up to 60 s ("read version X is not as new as written version Y") and made
-                # rollout waits flaky. The controllers are otherwise unchanged.
+                # See NodeHealth: how long a quiet kwok may go before its nodes count as lost.
+                f"--node-monitor-grace-period={self.node_health.grace_seconds}s",
+                f"--node-monitor-period={self.node_health.monitor_seconds}s",
+                # v1.36's stale-cache guard (KEP-5647, beta) requeues the ReplicaSet controller
+                # whenever its informer lags a write; on a loaded 2-core CI machine that left
+                # ReplicaSet status stale for up to 60 s ("read version X is not as new as written
+                # version Y") and made rollout waits flaky. The controllers are otherwise unchanged.
                 "--feature-gates=StaleControllerConsistencyReplicaSet=false",
             ],
         )
@@ -632,7 +793,13 @@ class Cluster:
         )
         kwok_home = wd / "kwok-home"  # keeps a user's ~/.kwok/kwok.yaml out of the picture
         kwok_home.mkdir(exist_ok=True)
-        stages = stages_file(self.bin_dir)
+        upstream = stages_file(self.bin_dir)
+        if upstream is None:
+            raise MissingBinaryError(
+                f"missing kwok stages.yaml next to {self.bin_dir}: {BUILD_HINT}"
+            )
+        stages = wd / "kwok-stages.yaml"
+        stages.write_text(yaml.safe_dump_all(kwok_stages(upstream.read_text()), sort_keys=False))
         self._spawn(
             "kwok",
             [
@@ -642,6 +809,7 @@ class Cluster:
                 "--cidr=192.0.2.0/24",
                 "--node-ip=192.0.2.1",
                 f"--config={stages}",
+                f"--node-lease-duration-seconds={self.node_health.lease_seconds}",
             ],
             env={"HOME": str(kwok_home)},
         )
@@ -907,6 +1075,19 @@ class Cluster:
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
 
+    @contextlib.contextmanager
+    def suspended(self, name: str) -> Iterator[Proc]:
+        """SIGSTOP process `name` for the block, SIGCONT after: e.g. kwok, whose nodes then stop
+        renewing their Leases as if the machine were starved of CPU."""
+        proc = next((p for p in self.procs if p.name == name), None)
+        if proc is None or not proc.alive():
+            raise ClusterError(f"no running process {name!r} in this cluster")
+        proc.signal(signal.SIGSTOP)
+        try:
+            yield proc
+        finally:
+            proc.signal(signal.SIGCONT)
+
     def status(self) -> dict[str, Any]:
         return {
             "tier": self.tier,
@@ -1010,6 +1191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--bin-dir", help="binaries (default $KVCAP_K8S_BIN or the build-k8s.sh cache)")
     up.add_argument("--timeout", type=float, default=120.0)
     up.add_argument(
+        "--node-grace-seconds",
+        type=int,
+        default=NodeHealth.grace_seconds,
+        help="seconds without a kwok heartbeat before a node counts as lost (see NodeHealth)",
+    )
+    up.add_argument(
         "--foreground", action="store_true", help="stay attached; Ctrl-C stops the cluster"
     )
     dn = sub.add_parser("down", help="stop the control plane started from --dir")
@@ -1039,6 +1226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bin_dir=args.bin_dir,
                 timeout=args.timeout,
                 die_with_parent=args.foreground,
+                node_health=NodeHealth(grace_seconds=args.node_grace_seconds),
             )
             t = c.timings
             print(

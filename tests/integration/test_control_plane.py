@@ -362,3 +362,106 @@ def test_owner_reference_garbage_collection_deletes_children(e2e_client, k8s_nam
         )
 
     wait_for("the garbage collector to delete the children (and their ReplicaSet and pods)", gone)
+
+
+# --------------------------------------------------------------------------- node health (issue 10, part 9)
+
+
+def _deployment(
+    name: str, replicas: int, image: str = "vllm/vllm-openai:v0.11.0"
+) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": name}
+    spec = gpu_pod_spec(1)
+    spec["containers"][0]["image"] = image
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": spec},
+        },
+    }
+
+
+def _ready(obj: dict[str, Any]) -> str | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if cond["type"] == "Ready":
+            return str(cond["status"])
+    return None
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_pods_become_ready_again_after_their_node_missed_heartbeats(e2e_cluster, tmp_path):
+    """kwok stalls (SIGSTOP: as on a starved machine), its node goes Unknown and the node lifecycle
+    controller marks the pods NotReady; once kwok runs again the node and the SAME pods are Ready
+    again. Before the `kvcap-pod-ready-again` stage they stayed NotReady for good."""
+    # A cluster of its own with short lease/grace periods, so the node is lost in seconds.
+    health = devcluster.NodeHealth(lease_seconds=4, grace_seconds=8, monitor_seconds=2)
+    with devcluster.Cluster.start(
+        "e2e", "H100:1", tmp_path / "k8s", bin_dir=e2e_cluster.bin_dir, node_health=health
+    ) as c:
+        ns = "heartbeats"
+        c.ensure_namespace(ns)
+        c.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", _deployment("llama", 2))
+        pods_path = f"/api/v1/namespaces/{ns}/pods"
+
+        def pods() -> list[dict[str, Any]]:
+            return c.request("GET", pods_path)["items"]  # type: ignore[no-any-return]
+
+        def all_ready() -> list[dict[str, Any]] | None:
+            got = pods()
+            return got if len(got) == 2 and all(_ready(p) == "True" for p in got) else None
+
+        before = {p["metadata"]["uid"] for p in wait_for("2 Ready pods", all_ready, 120)}
+        node = "gpu-h100-0"
+        with c.suspended("kwok"):
+            wait_for(
+                "the node lifecycle controller to mark the pods NotReady",
+                lambda: all(_ready(p) == "False" for p in pods()),
+                60,
+            )
+            assert _ready(c.request("GET", f"/api/v1/nodes/{node}")) == "Unknown"
+        wait_for(
+            "the node to be Ready again",
+            lambda: _ready(c.request("GET", f"/api/v1/nodes/{node}")) == "True",
+            60,
+        )
+        after = wait_for("the same 2 pods Ready again", all_ready, 60)
+        assert {p["metadata"]["uid"] for p in after} == before  # recovered, not replaced
+
+
+def test_default_node_health_outlasts_a_stalled_kwok():
+    """The shared clusters tolerate a kwok stalled for minutes: the grace period is several lease
+    durations (kwok renews at a quarter of it), well above the upstream 50 s default."""
+    health = devcluster.NodeHealth()
+    assert health.grace_seconds >= 3 * health.lease_seconds
+    assert health.grace_seconds >= 120
+    with pytest.raises(ValueError, match="at least the lease duration"):
+        devcluster.NodeHealth(lease_seconds=40, grace_seconds=20)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_an_unpullable_image_waits_in_image_pull_backoff(e2e_cluster, k8s_namespace):
+    """kwok answers as a kubelet would for an image on the reserved `.invalid` TLD: Pending, the
+    container waiting in ImagePullBackOff, never Ready."""
+    ns = k8s_namespace
+    image = f"{devcluster.UNPULLABLE_REGISTRY}/vllm/vllm-openai:v0.11.0"
+    e2e_cluster.request(
+        "POST", f"/apis/apps/v1/namespaces/{ns}/deployments", _deployment("broken", 1, image)
+    )
+
+    def waiting() -> dict[str, Any] | None:
+        for pod in e2e_cluster.request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]:
+            for st in (pod.get("status") or {}).get("containerStatuses") or ():
+                if (st.get("state") or {}).get("waiting", {}).get("reason") == "ImagePullBackOff":
+                    return pod  # type: ignore[no-any-return]
+        return None
+
+    pod = wait_for("a pod in ImagePullBackOff", waiting, 90)
+    assert pod["status"]["phase"] == "Pending"
+    assert _ready(pod) == "False"
+    assert image in pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
