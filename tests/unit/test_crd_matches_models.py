@@ -236,7 +236,8 @@ def test_status_schema_is_what_the_operator_writes() -> None:
     for name in ("replicas", "readyReplicas", "totalGpus", "lowerBoundGpus"):
         assert props[name]["format"] == "int32", name
     plan = props["plan"]["properties"]
-    assert set(plan) == {"feasible", "reason", "message", "splitDecision", "vllmVersion", "pools"}
+    assert set(plan) == {"feasible", "reason", "message", "splitDecision", "vllmVersion", "pools",
+                         "plannedGeneration", "replanToken"}
     assert plan["feasible"]["type"] == "boolean"
     pools = plan["pools"]
     assert pools["x-kubernetes-list-type"] == "map"
@@ -246,6 +247,7 @@ def test_status_schema_is_what_the_operator_writes() -> None:
         "name", "gpuProduct", "tensorParallelSize", "pipelineParallelSize", "replicas",
         "readyReplicas", "gpusPerReplica", "maxModelLen", "minContextTokens", "maxNumSeqs",
         "kvTokensPerReplica", "kvCacheBytesPerGpu", "deploymentName", "serviceName",
+        "gpuLabels", "vllmArgs", "gpuMemoryUtilization", "targetConcurrency", "concurrencyPerReplica",
     }
     assert pool["kvTokensPerReplica"]["format"] == pool["kvCacheBytesPerGpu"]["format"] == "int64"
     conditions = props["conditions"]

@@ -214,3 +214,60 @@ def test_render_options_reach_the_children() -> None:
     decision = decide(observation(md(SPEC)), policy)
     dep = decision.desired[0]
     assert {"key": "k", "operator": "Exists"} in dep["spec"]["template"]["spec"]["tolerations"]
+
+
+# --- the pinned plan -------------------------------------------------------------------------------
+
+L4_PLAN = make_plan(make_pool(gpu_product="L4", gpu_labels=("NVIDIA-L4",), replicas=4,
+                              gpus_per_replica=2, tensor_parallel_size=2))
+
+
+def planned_once() -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """The stored ModelDeployment after one reconcile on H100s, and the children it rendered."""
+    policy = Policy(plan_fn=planner(make_plan()))
+    obs = observation(md(SPEC, annotations={"kvcap.io/replan": "a"}))
+    decision = decide(obs, policy)
+    report = assess(obs, decision, ActOutcome(Check("True", "Applied", "")), "change", policy)
+    return report.status, decision.desired
+
+
+@pytest.mark.parametrize(("generation", "annotation", "strip", "replans"), [
+    (1, "a", None, False),  # same generation, same annotation: pinned, the inventory is ignored
+    (2, "a", None, True),  # the spec changed
+    (1, "b", None, True),  # `kubectl annotate ... kvcap.io/replan=b --overwrite`
+    (1, None, None, True),  # the annotation was removed
+    (1, "a", "vllmArgs", True),  # a status written by an older kvcap: plan again
+])
+def test_the_plan_is_pinned_until_the_spec_or_the_replan_annotation_changes(
+        generation: int, annotation: str | None, strip: str | None, replans: bool) -> None:
+    status, children = planned_once()
+    if strip is not None:
+        for pool in status["plan"]["pools"]:
+            pool.pop(strip)
+    obj = md(SPEC, generation=generation, status=status,
+             annotations={"kvcap.io/replan": annotation} if annotation else {})
+    calls: list[Any] = []
+
+    def on_l4(spec: Any, *, config: Any = None, cluster_gpus: Any = None) -> CapacityPlan:
+        calls.append(cluster_gpus)
+        return L4_PLAN
+
+    # the H100 nodes are cordoned: only L4s are schedulable now
+    obs = observation(obj, inventory={"NVIDIA-L4": [4]})
+    decision = decide(obs, Policy(plan_fn=on_l4))
+    assert bool(calls) is replans
+    assert (decision.desired != children) is replans
+    if not replans:
+        report = assess(obs, decision, ActOutcome(Check("True", "Applied", "")), "resync",
+                        Policy())
+        assert report.status["plan"] == status["plan"]
+        cond = get_condition(report.status, "Schedulable")
+        assert cond is not None and cond["reason"] == "InsufficientGpus"  # inventory: status only
+
+
+def test_pinned_status_carries_the_shape() -> None:
+    status, _ = planned_once()
+    plan = status["plan"]
+    assert (plan["plannedGeneration"], plan["replanToken"]) == (1, "a")
+    pool = plan["pools"][0]
+    assert pool["gpuLabels"] == [H100] and pool["vllmArgs"][0] == MODEL

@@ -478,7 +478,12 @@ async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> Non
         return CapacityPlan(feasible=False, reason="InsufficientGpuMemory", message="too big",
                             model=MODEL)
     ctx.plan_fn = infeasible
+    # the plan is pinned to its generation: only a spec change (a new generation) re-plans
     kube.objects[("modeldeployments", "team-a", "llama")] = {**raw, "status": final}
+    await resync_one(ctx, "team-a", "llama")
+    assert get_condition(kube.status_patches[-1], "CapacityPlanned")["reason"] == "PlanFits"  # type: ignore[index]
+    kube.objects[("modeldeployments", "team-a", "llama")] = {
+        **raw, "metadata": {**raw["metadata"], "generation": 2}, "status": final}
     await resync_one(ctx, "team-a", "llama")
     assert get_condition(kube.status_patches[-1], "CapacityPlanned")["reason"] == "Infeasible"  # type: ignore[index]
     # being deleted: left to garbage collection

@@ -49,7 +49,7 @@ from kvcap.api import constants as kc
 from kvcap.api.errors import InvalidModelConfig, KvcapError
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity.configs import parse_config_text
-from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
 from kvcap.controller.conditions import (
     Check,
     Event,
@@ -594,6 +594,93 @@ def parse_spec(obj: Mapping[str, Any]) -> tuple[ModelDeploymentSpec | None, Chec
         return None, Check("False", kc.INVALID_SPEC, format_validation_error(err))
 
 
+REPLAN_ANNOTATION = f"{kc.ANNOTATION_PREFIX}/replan"
+
+
+def replan_token(obj: Mapping[str, Any]) -> str:
+    """The `kvcap.io/replan` annotation's value ("" when unset)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(REPLAN_ANNOTATION) or "")[:253]
+
+
+def needs_replan(obj: Mapping[str, Any]) -> bool:
+    """Whether the plan must be made again: the spec changed since `status.plan` was made (a new
+    `metadata.generation`), the `kvcap.io/replan` annotation changed, or there is no runnable plan
+    to keep. Otherwise the stored shape is pinned: the live inventory never reshapes running pools
+    (it only feeds `Schedulable`)."""
+    return pinned_plan(obj) is None
+
+
+def pinned_plan(obj: Mapping[str, Any]) -> CapacityPlan | None:
+    """The feasible plan stored in `status.plan` if it is still the one to run, else None."""
+    status = obj.get("status") or {}
+    stored = status.get("plan") or {}
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    if (
+        not stored.get("feasible")
+        or stored.get("plannedGeneration") != generation
+        or str(stored.get("replanToken") or "") != replan_token(obj)
+        or not stored.get("pools")
+    ):
+        return None
+    try:
+        pools = tuple(
+            PoolPlan(
+                name=str(p["name"]),
+                gpu_product=str(p["gpuProduct"]),
+                gpu_labels=tuple(str(label) for label in p["gpuLabels"]),
+                tensor_parallel_size=int(p["tensorParallelSize"]),
+                pipeline_parallel_size=int(p["pipelineParallelSize"]),
+                replicas=int(p["replicas"]),
+                gpus_per_replica=int(p["gpusPerReplica"]),
+                max_model_len=int(p["maxModelLen"]),
+                min_context_tokens=int(p["minContextTokens"]),
+                max_num_seqs=int(p["maxNumSeqs"]),
+                kv_tokens_per_replica=int(p["kvTokensPerReplica"]),
+                kv_bytes_per_gpu=int(p["kvCacheBytesPerGpu"]),
+                gpu_memory_utilization=float(p["gpuMemoryUtilization"]),
+                concurrency_per_replica=float(p["concurrencyPerReplica"]),
+                target_concurrency=int(p["targetConcurrency"]),
+                headroom_percent=0.0,
+                vllm_args=tuple(str(a) for a in p["vllmArgs"]),
+            )
+            for p in stored["pools"]
+        )
+    except (KeyError, TypeError, ValueError):  # written by an older kvcap: plan again
+        return None
+    extra = {"vllm_version": stored["vllmVersion"]} if stored.get("vllmVersion") else {}
+    return CapacityPlan(
+        feasible=True,
+        reason=str(stored.get("reason") or kc.PLAN_FITS),
+        message=str(stored.get("message") or ""),
+        model=str(((obj.get("spec") or {}).get("model") or {}).get("name") or ""),
+        total_gpus=sum(p.total_gpus for p in pools),
+        lower_bound_gpus=int(status.get("lowerBoundGpus") or 0),
+        pools=pools,
+        split_decision=str(stored.get("splitDecision") or ""),
+        extra=extra,
+    )
+
+
+def pin_status(status: dict[str, Any], obj: Mapping[str, Any], plan: CapacityPlan | None) -> None:
+    """Record in `status.plan` what `pinned_plan` needs to rebuild this plan."""
+    stored = status.get("plan")
+    if not isinstance(stored, dict):
+        return
+    stored["plannedGeneration"] = int((obj.get("metadata") or {}).get("generation") or 0)
+    stored["replanToken"] = replan_token(obj)
+    by_name = {p.name: p for p in (plan.pools if plan is not None else ())}
+    for entry in stored.get("pools") or ():
+        pool = by_name.get(entry.get("name"))
+        if pool is None:
+            continue
+        entry["gpuLabels"] = list(pool.gpu_labels)
+        entry["vllmArgs"] = list(pool.vllm_args)
+        entry["gpuMemoryUtilization"] = pool.gpu_memory_utilization
+        entry["targetConcurrency"] = pool.target_concurrency
+        entry["concurrencyPerReplica"] = round(pool.concurrency_per_replica, 3)
+
+
 def decide(obs: Observation, policy: Policy) -> Decision:
     """Plan and render: the children this ModelDeployment should have, or why none are touched."""
     spec, invalid = parse_spec(obs.obj)
@@ -608,8 +695,12 @@ def decide(obs: Observation, policy: Policy) -> Decision:
                 "Unknown", kc.NOT_PLANNED, "the spec is invalid: children are left as they are"
             ),
         )
-    plan: CapacityPlan | None = None
-    if obs.model_config.error is not None:
+    plan: CapacityPlan | None = pinned_plan(obs.obj)
+    if plan is not None:
+        planned = check_multi_node(spec, plan, policy.render.features) or Check(
+            "True", kc.PLAN_FITS, plan.message
+        )
+    elif obs.model_config.error is not None:
         planned = obs.model_config.error
     else:
         plan, planned = run_planner(
@@ -684,6 +775,7 @@ def assess(
         vllm_version=vllm_version(spec, decision.plan),
         now=obs.now,
     )
+    pin_status(status, obs.obj, decision.plan)
     _merge_pool_status(status, decision.scales)
     deleted = [
         Event("Normal", kc.EVENT_POOL_DELETED, f"Deleted {what}: the plan no longer has that pool")
@@ -714,8 +806,10 @@ __all__ = [
     "diff_children",
     "format_validation_error",
     "gpu_inventory",
+    "needs_replan",
     "observe_workloads",
     "parse_model_config",
+    "pinned_plan",
     "skip_resync",
     "unschedulable_pods",
 ]

@@ -1,7 +1,7 @@
 """kopf handlers: decorators only. Every handler parses its input and calls one function.
 
-Create, update and resume go through the level-based `kvcap.controller.reconcile.reconcile()`; a resync loop
-started at startup calls the same function every KVCAP_RESYNC_SECONDS for every ModelDeployment in
+Create, update and resume go through the level-based `kvcap.controller.reconcile.reconcile()`;
+a resync loop started at startup calls the same function every KVCAP_RESYNC_SECONDS for every ModelDeployment in
 the `model_deployments` index (not a kopf timer: kopf puts a finalizer on objects that have timers,
 and nothing here needs one — children go by ownerReference garbage collection). Handlers return None
 so kopf writes nothing into `status`.

@@ -68,6 +68,7 @@ from kvcap.controller.decide import (
     gpu_inventory,
     is_controlled_by,
     kind_name,
+    needs_replan,
     observe_workloads,
     parse_model_config,
     parse_spec,
@@ -247,7 +248,10 @@ async def observe(ctx: OperatorContext, obj: Mapping[str, Any], logger: Logger) 
         return Observation(obj, Features(), None, ModelConfig(), (), (), now)
     features = await discover_features(kube)
     inventory = await read_inventory(kube, settings, spec.gpu.resource_name, logger)
-    model_config = await read_model_config(ctx, namespace, spec)
+    # A pinned plan needs no model config: the Hub and ConfigMaps are read only to re-plan.
+    model_config = (
+        await read_model_config(ctx, namespace, spec) if needs_replan(obj) else ModelConfig()
+    )
     children = await list_children(kube, namespace, name, features)
     owned = [c for c in children if is_controlled_by(c, meta["uid"])]
     pods: list[dict[str, Any]] = []
