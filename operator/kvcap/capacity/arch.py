@@ -68,6 +68,16 @@ class ModelArch:
     is_moe: bool
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
+    # DeepSeek Sparse Attention lightning indexer (DeepSeek-V3.2, GLM-5): every MLA layer also
+    # keeps an indexer key per token, `MLAAttentionSpec(num_kv_heads=1, head_size=index_head_dim
+    # + index_head_dim // 128 * 4, dtype=uint8)` -- fp8 values plus one fp32 scale per 128 -- in
+    # vllm/model_executor/models/deepseek_v2.py (DeepseekV32IndexerCache.get_kv_cache_spec;
+    # Indexer.__init__ `head_dim + head_dim // quant_block_size * 4`). Bytes per token per MLA
+    # layer; 0 if none.
+    indexer_bytes_per_token: int = 0
+    # Layers whose KV is shared with an earlier layer (Gemma 3n `num_kv_shared_layers`): vLLM gives
+    # them `kv_sharing_target_layer_name` and no KV cache of their own; not in `layer_kinds`.
+    kv_shared_layers: int = 0
 
     @property
     def num_attention_layers(self) -> int:
@@ -144,6 +154,14 @@ def _dtype(cfg: dict[str, Any], top: dict[str, Any]) -> str:
 def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, ...]:
     model_type = str(cfg.get("model_type", ""))
     window = cfg.get("sliding_window")
+    linear = cfg.get("linear_attn_config")
+    if isinstance(linear, dict) and linear.get("kda_layers") is not None:
+        # Kimi-Linear (model_type kimi_linear): `kda_layers` / `full_attn_layers` are 1-based layer
+        # numbers; KDA layers keep a recurrent state (MambaSpec), the others are MLA
+        # (vllm/model_executor/models/kimi_linear.py).
+        kda = {int(i) for i in linear["kda_layers"]}
+        full = MLA if cfg.get("kv_lora_rank") else FULL
+        return tuple(MAMBA if i + 1 in kda else full for i in range(n_layers))
     if cfg.get("kv_lora_rank"):
         kinds = [MLA] * n_layers
         # DeepSeek-V3 style multi-token-prediction layers are not loaded for plain serving.
@@ -160,7 +178,9 @@ def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, .
                 f"{where}: 'layer_types' lists {len(layer_types)} layers but num_hidden_layers is {n_layers}"
             )
         kinds = []
-        for t in layer_types[:n_layers]:
+        # Gemma 3n: the last `num_kv_shared_layers` layers read earlier layers' KV and own none.
+        own = n_layers - _kv_shared_layers(cfg, n_layers, where)
+        for t in layer_types[:own]:
             t = str(t).lower()
             if t in ("sliding_attention", "sliding", "local", "local_attention"):
                 kinds.append(SLIDING if window else FULL)
@@ -203,7 +223,15 @@ def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, .
             and window:
         first = int(cfg.get("max_window_layers", n_layers))
         return tuple(SLIDING if i >= first else FULL for i in range(n_layers))
-    if model_type == "mllama":
+    if model_type in ("mllama", "mllama_text_model") or cfg.get("cross_attention_layers"):
+        # Llama 3.2 Vision: `cross_attention_layers` are counted in num_hidden_layers. vLLM never
+        # ran mllama on the V1 engine ("MllamaForConditionalGeneration is not supported by the V1
+        # Engine. Falling back to V0", vllm-project/vllm-ascend#1963 on v0.9.2); V0 sized its pool
+        # over all num_hidden_layers, cross layers included, and the V0 encoder-decoder path (mllama
+        # with it) was removed by vllm-project/vllm#24907 (Sep 2025, v0.11). V1's CrossAttentionSpec
+        # (Whisper) charges cdiv(max_num_encoder_input_tokens, block) pages per request instead
+        # (vllm/v1/kv_cache_interface.py @ 001cabc). The kind is kept distinct so the memory model
+        # can apply the rule of the version it models.
         cross = set(cfg.get("cross_attention_layers") or ())
         return tuple(CROSS if i in cross else FULL for i in range(n_layers))
     # A global `sliding_window` on Llama-style models (Mistral v0.1, Phi-3) is ignored by vLLM V1's
@@ -211,9 +239,34 @@ def _layer_kinds(cfg: dict[str, Any], n_layers: int, where: str) -> tuple[str, .
     return (FULL,) * n_layers
 
 
+def _kv_shared_layers(cfg: dict[str, Any], n_layers: int, where: str) -> int:
+    shared = int(cfg.get("num_kv_shared_layers") or 0)
+    if shared < 0 or shared >= n_layers:
+        raise InvalidModelConfig(f"{where}: num_kv_shared_layers ({shared}) must be between 0 and "
+                                 f"num_hidden_layers - 1 ({n_layers - 1})")
+    return shared
+
+
+def _indexer_bytes(cfg: dict[str, Any]) -> int:
+    dim = cfg.get("index_head_dim")
+    if not cfg.get("index_topk") or not dim:
+        return 0
+    return int(dim) + int(dim) // 128 * 4
+
+
 def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
     ssm_dtype = str(cfg.get("mamba_ssm_cache_dtype") or "").replace("torch.", "")
     ssm_bytes = DTYPE_BYTES.get(ssm_dtype, dtype_bytes)
+    linear = cfg.get("linear_attn_config")
+    if isinstance(linear, dict) and linear.get("kda_layers") is not None:
+        # Kimi Delta Attention (MambaStateShapeCalculator.kda_state_shape in
+        # vllm/model_executor/layers/mamba/mamba_utils.py): q, k and v short-conv states of
+        # (num_heads x head_dim, kernel - 1) each, and a (num_heads, head_dim, head_dim) recurrent
+        # state that kda_state_dtype keeps in float32.
+        heads, hd = int(linear["num_heads"]), int(linear["head_dim"])
+        conv_k = int(linear.get("short_conv_kernel_size", 4))
+        kda_ssm = DTYPE_BYTES.get(ssm_dtype, 4)
+        return MambaState(3 * (conv_k - 1) * heads * hd, heads * hd * hd, kda_ssm)
     if cfg.get("linear_num_value_heads"):  # Qwen3-Next gated delta net
         kh, kd = int(cfg["linear_num_key_heads"]), int(cfg["linear_key_head_dim"])
         vh, vd = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
@@ -247,19 +300,26 @@ def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, he
     vocab = int(cfg.get("vocab_size") or cfg.get("padded_vocab_size") or 32000)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embedding = vocab * hidden * (1 if tied else 2)
+    if cfg.get("vocab_size_per_layer_input") and cfg.get("hidden_size_per_layer_input"):
+        # Gemma 3n per-layer embeddings: one (vocab x hidden_per_layer) slice per decoder layer.
+        per_layer = int(cfg["vocab_size_per_layer_input"]) * int(cfg["hidden_size_per_layer_input"])
+        embedding += per_layer * int(cfg.get("num_hidden_layers") or 0)
     inter = int(_get(cfg, "intermediate_size", "ffn_dim", "ffn_hidden_size", "n_inner",
                      default=4 * hidden))
     n_experts = int(_get(cfg, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
                          default=0) or 0)
     moe_inter = int(_get(cfg, "moe_intermediate_size", "expert_intermediate_size", default=inter))
     n_shared = int(_get(cfg, "n_shared_experts", "num_shared_experts", default=0) or 0)
-    shared_inter = int(_get(cfg, "shared_expert_intermediate_size", default=moe_inter * max(n_shared, 1)))
+    shared_inter = int(_get(cfg, "shared_expert_intermediate_size",
+                            "moe_shared_expert_intermediate_size",  # Nemotron-H
+                            default=moe_inter * max(n_shared, 1)))
     if not n_shared and not cfg.get("shared_expert_intermediate_size"):
         shared_inter = 0
     first_dense = int(_get(cfg, "first_k_dense_replace", default=0) or 0)
     mlp_only = set(cfg.get("mlp_only_layers") or ())
     sparse_step = int(_get(cfg, "decoder_sparse_step", "moe_layer_freq", default=1) or 1)
-    gated = str(cfg.get("model_type", "")) not in ("opt", "gpt2", "gpt_bigcode", "falcon", "phi")
+    gated = str(cfg.get("model_type", "")) not in ("opt", "gpt2", "gpt_bigcode", "falcon", "phi") \
+        and str(cfg.get("mlp_hidden_act", "")) != "relu2"  # Nemotron-H: up/down only, squared ReLU
     mlp_mult = 3 if gated else 2
 
     if cfg.get("kv_lora_rank"):
@@ -279,6 +339,14 @@ def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, he
         if cfg.get("linear_num_value_heads"):
             expand_inner = int(cfg["linear_num_value_heads"]) * int(cfg["linear_value_head_dim"])
         mamba_params = 3 * hidden * expand_inner  # in_proj (x, z, B/C, dt) + out_proj, roughly
+        if cfg.get("linear_num_value_heads"):  # Gated DeltaNet: in_proj_qkvz, in_proj_ba, out_proj
+            kh, kd = int(cfg["linear_num_key_heads"]), int(cfg["linear_key_head_dim"])
+            vh, vd = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
+            mamba_params = hidden * (2 * kh * kd + 3 * vh * vd + 2 * vh)
+    linear = cfg.get("linear_attn_config")
+    if isinstance(linear, dict) and linear.get("num_heads"):  # KDA: q, k, v, g, o projections
+        inner = int(linear["num_heads"]) * int(linear["head_dim"])
+        mamba_params = 5 * hidden * inner
     pattern = cfg.get("hybrid_override_pattern")
     total = embedding
     experts = 0
@@ -305,7 +373,9 @@ def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, he
             e = n_experts * mlp_mult * hidden * moe_inter
             experts += e
             total += e + hidden * n_experts + mlp_mult * hidden * shared_inter
-        elif kind != MAMBA or str(cfg.get("model_type")) in ("jamba", "granitemoehybrid"):
+        elif kind != MAMBA or str(cfg.get("model_type")) not in ("mamba", "mamba2", "falcon_mamba"):
+            # Every hybrid decoder layer (Jamba, Bamba, Granite 4.0-H, Qwen3-Next/3.5, Kimi-Linear)
+            # carries its own MLP; only pure Mamba stacks have none. (Nemotron-H returns above.)
             total += mlp_mult * hidden * inter
     return total, embedding, experts, n_experts, n_experts > 0
 
@@ -393,8 +463,11 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
     vision = 0
     vc = config.get("vision_config")
     if isinstance(vc, dict) and vc.get("hidden_size"):
+        # Multimodal towers are loaded with the model ("Model loading took" includes them), so they
+        # count in the weights; a ViT block is ~4 h^2 (attention) + 2 h x intermediate (MLP).
         vh = int(vc["hidden_size"])
         vl = int(_get(vc, "num_hidden_layers", "depth", default=0) or 0)
+        vl += int(vc.get("num_global_layers") or 0)  # mllama: 32 local + 8 global encoder layers
         vi = int(_get(vc, "intermediate_size", default=4 * vh) or 4 * vh)
         vision = vl * (4 * vh * vh + 2 * vh * vi)
         total += vision
@@ -438,4 +511,6 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
                                    "top_k", default=0) or 0) if is_moe else 0,
         moe_intermediate_size=int(_get(cfg, "moe_intermediate_size", "expert_intermediate_size",
                                        "intermediate_size", default=0) or 0) if is_moe else 0,
+        indexer_bytes_per_token=_indexer_bytes(cfg) if mla_latent else 0,
+        kv_shared_layers=_kv_shared_layers(cfg, n_layers, where),
     )
