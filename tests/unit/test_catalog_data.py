@@ -90,3 +90,59 @@ def test_gpu_names_and_aliases_unique():
                 f"alias {alias!r} used by {seen.get(key)} and {gpu['name']}"
             )
             seen[key] = gpu["name"]
+
+
+DERIVED_FILE = DATA / "derived.yaml"
+
+
+def _derived():
+    with open(DERIVED_FILE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+@pytest.mark.parametrize("entry", _derived(), ids=lambda e: e["id"])
+def test_derived_entry_cites_its_card_and_names_a_known_base(entry):
+    from kvcap.capacity import catalog
+
+    assert "/" in entry["id"]
+    assert entry["source"].startswith("https://huggingface.co/" + entry["id"].split("/")[0] + "/")
+    assert catalog.find_model(entry["base"]) is not None, f"{entry['id']}: base {entry['base']} unknown"
+    qc = (entry.get("overrides") or {}).get("quantization_config")
+    if qc is not None:
+        assert qc["quant_method"] in ("compressed-tensors", "awq", "gptq", "fp8", "modelopt")
+
+
+@pytest.mark.parametrize(
+    ("model", "base", "method", "bits"),
+    [
+        ("RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic", "meta-llama/Llama-3.1-70B-Instruct",
+         "compressed-tensors", 8.0),
+        ("RedHatAI/Meta-Llama-3.1-8B-Instruct-quantized.w4a16", "meta-llama/Llama-3.1-8B-Instruct",
+         "compressed-tensors", 4.125),  # + one 16-bit scale per group of 128
+        ("RedHatAI/Qwen2.5-7B-Instruct-quantized.w8a8", "Qwen/Qwen2.5-7B-Instruct",
+         "compressed-tensors", 8.0),
+        ("Qwen/Qwen2.5-72B-Instruct-AWQ", "Qwen/Qwen2.5-72B-Instruct", "awq", 4.25),
+        ("hugging-quants/Meta-Llama-3.1-70B-Instruct-GPTQ-INT4", "meta-llama/Llama-3.1-70B-Instruct",
+         "gptq", 4.25),
+        ("nvidia/Llama-3.1-70B-Instruct-FP8", "meta-llama/Llama-3.1-70B-Instruct", "fp8", 8.0),
+        ("nvidia/Qwen3-235B-A22B-NVFP4", "Qwen/Qwen3-235B-A22B", "nvfp4", 4.5),
+        ("mistralai/Mistral-Small-3.2-24B-Instruct-2506", "mistralai/Devstral-Small-2-24B-Instruct-2512",
+         None, None),
+    ],
+)
+def test_quantized_derivatives_resolve_to_base_shapes_plus_their_quantization(model, base, method, bits):
+    from kvcap.capacity.configs import load_model
+
+    derived, original = load_model(model), load_model(base)
+    assert derived.layer_kinds == original.layer_kinds
+    assert (derived.num_kv_heads, derived.head_dim, derived.hidden_size) == (
+        original.num_kv_heads, original.head_dim, original.hidden_size)
+    assert (derived.quant_method, derived.quant_bits) == (method, bits)
+
+
+def test_unknown_quantized_id_keeps_the_clear_error():
+    from kvcap.api.errors import ModelNotFound
+    from kvcap.capacity.configs import load_model
+
+    with pytest.raises(ModelNotFound, match="not in the kvcap catalog.*closest known ids"):
+        load_model("RedHatAI/Some-Model-That-Does-Not-Exist-quantized.w4a16")

@@ -401,6 +401,10 @@ def _quant(config: dict[str, Any]) -> tuple[str | None, float | None]:
                 wtype = str(weights.get("type", "int"))
                 if int(bits) == 4 and wtype == "float":
                     return "nvfp4", 4.5
+                group = weights.get("group_size")
+                if weights.get("strategy") == "group" and group:
+                    # one 16-bit scale per group (llm-compressor pack-quantized w4a16: group 128)
+                    return method, float(bits) + 16 / int(group)
                 break
     if method == "modelopt":
         algo = str(qc.get("quant_algo", "")).upper()
