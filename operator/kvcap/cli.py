@@ -188,30 +188,22 @@ def render_estimate(est: Estimate) -> str:
     return "\n".join(lines)
 
 
-def suggest_fix(arch: Any, gpu: Any, args: ServeArgs, est: Estimate) -> str:
-    """What would fit: larger TP, fp8 KV, a shorter max-model-len."""
+def suggest_fix(arch: Any, gpu: Any, args: ServeArgs, est: Estimate) -> list[str]:
+    """What would fit: concrete configurations, each re-estimated, cheapest first
+    (kvcap.capacity.hints)."""
     from dataclasses import replace
-    hints = []
-    for tp in (2, 4, 8):
-        if tp <= args.tensor_parallel_size or arch.num_attention_heads % tp:
-            continue
-        try:
-            if estimate(arch, gpu, replace(args, tensor_parallel_size=tp)).fits:
-                hints.append(f"--tensor-parallel-size >= {tp}")
-                break
-        except KvcapError:
-            continue
-    if (args.kv_cache_dtype == "auto" and not arch.is_mla) or (arch.is_mla and args.kv_cache_dtype == "auto"):
-        try:
-            if estimate(arch, gpu, replace(args, kv_cache_dtype="fp8")).fits:
-                hints.append("--kv-cache-dtype fp8")
-        except KvcapError:
-            pass
-    if est.estimated_max_model_len > 0:
-        hints.append(f"--max-model-len <= {est.estimated_max_model_len}")
-    if not hints:
-        hints.append("a GPU with more memory, or --pipeline-parallel-size >= 2")
-    return "needs " + " or ".join(hints)
+
+    from kvcap.capacity.hints import what_would_fit
+    base = replace(args, max_model_len=est.max_model_len)
+    fits = what_would_fit(arch, gpu, base, catalog.all_gpus())
+    return [f.describe(base) for f in fits]
+
+
+def _hints(arch: Any, gpu: Any, args: ServeArgs, est: Estimate) -> str:
+    fits = suggest_fix(arch, gpu, args, est)
+    if not fits:
+        return "nothing kvcap knows fits: no catalog GPU holds it with up to 8 x 4 GPUs"
+    return "; or ".join(fits)
 
 
 def cmd_estimate(ns: argparse.Namespace) -> int:
@@ -238,13 +230,17 @@ def cmd_estimate(ns: argparse.Namespace) -> int:
     result = est.to_dict()
     if not est.fits:
         result["vllm_error"] = est.reason
-        result["reason"] = f"{est.reason.split('. ')[0]}; {suggest_fix(arch, gpu, args, est)}"
+        result["what_would_fit"] = suggest_fix(arch, gpu, args, est)
+        result["reason"] = f"{est.reason.split('. ')[0]}; would fit: {_hints(arch, gpu, args, est)}"
     if ns.output == "json":
         print(json.dumps(result, indent=2))
     else:
         print(render_estimate(est))
         if not est.fits:
-            print(f"what would fit: {suggest_fix(arch, gpu, args, est)}")
+            fits = suggest_fix(arch, gpu, args, est)
+            print("what would fit (re-estimated, cheapest first):")
+            for line in fits or [_hints(arch, gpu, args, est)]:
+                print(f"  {line}")
     return EXIT_OK if est.fits else EXIT_UNFIT
 
 

@@ -35,7 +35,8 @@ def test_estimate_unfit_gives_reason_with_fix_and_exit_1():
     assert r.returncode == 1
     out = json.loads(r.stdout)
     assert out["fits"] is False
-    assert "--tensor-parallel-size >= " in out["reason"]
+    assert "--tensor-parallel-size 2" in out["reason"]  # a concrete, re-estimated configuration
+    assert out["what_would_fit"] and "1 x" not in out["what_would_fit"][0]
 
 
 def test_estimate_table_explains_arithmetic():

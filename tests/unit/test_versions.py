@@ -26,7 +26,8 @@ MI300X = Gpu("MI300X", (), "amd", int(191.5 * GIB), 5300, 1307, True)
     ("0.10.0", "V1", 0.9, True, False, "sort", "v1-sort"),   # hybrid allocator on (PR #17996)
     ("0.11.2", "V1", 0.9, True, False, "sort", "v1-sort"),
     ("0.15.1", "V1", 0.9, True, False, "sort", "v1-sort"),
-    ("0.16.0", "V1", 0.9, True, False, "triton", "v1"),      # PR #33538 Triton top-k/top-p
+    ("0.16.0", "V1", 0.9, True, False, "sort", "v1-sort"),
+    ("0.17.0", "V1", 0.9, True, False, "triton", "v1"),      # PR #33538 Triton top-k/top-p
     ("0.20.2", "V1", 0.9, True, False, "triton", "v1"),
     ("0.21.0", "V1", 0.92, True, True, "triton", "v1"),      # PR #38284 / #30515
     ("v0.32.0", "V1", 0.92, True, True, "triton", "v1"),
@@ -63,7 +64,7 @@ def test_sampler_sort_era_explains_gpt_oss_120b_refusal():
     """vllm #27508: gpt-oss-120b, one H100, --gpu-memory-utilization 0.95 --max-num-batched-tokens
     1024 on a 0.11-era build logged 1.71 GiB and refused the 131,072-token max length. The profile
     run's 1,024 dummy requests x 201,088 vocab through the PyTorch sort sampler (~37 B each) cost
-    ~7 GiB; with the Triton sampler (v0.16+) the same flags fit."""
+    ~7 GiB; with the Triton sampler (v0.17+) the same flags fit."""
     arch = load_model("openai/gpt-oss-120b")  # the catalog's cited config.json
     args = ServeArgs(gpu_memory_utilization=0.95, max_num_batched_tokens=1024)
     old = estimate(arch, H100, replace(args, vllm_version="0.11.0"))

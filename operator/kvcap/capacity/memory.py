@@ -52,7 +52,8 @@ class ServeArgs:
     enforce_eager: bool = False
     disable_hybrid_kv_cache_manager: bool = False
     dtype: str = "auto"  # --dtype: 'auto' (checkpoint dtype; float32 served as bfloat16) or explicit
-    calibration: Calibration | None = None  # a team's own measurement (kvcap calibrate)
+    # a team's own measurements (kvcap calibrate); the one matching model, GPU and version applies
+    calibrations: tuple[Calibration, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class Estimate:
     fits: bool
     reason: str  # empty when fits
     estimated_max_model_len: int  # largest max_model_len that would fit (vLLM's own estimate)
+    calibration: str = ""  # the applied calibration's source, empty when none applied
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +157,7 @@ class Estimate:
             "fits": self.fits,
             "reason": self.reason,
             "estimated_max_model_len": self.estimated_max_model_len,
+            "calibration": self.calibration,
         }
 
 
@@ -488,6 +491,7 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     weights = weight_bytes_per_gpu(arch, tp, pp, args.quantization)
     total = gpu.memory_bytes
     given = args.kv_cache_memory_bytes is not None
+    cal: Calibration | None = None
     if given:
         assert args.kv_cache_memory_bytes is not None
         act = non_torch = graph = 0
@@ -496,8 +500,9 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
         act, non_torch, graph = overhead_bytes(
             arch, tp, pp, tokens, seqs, prof, args.enforce_eager,
             overheads[prof.profiler_era] if overheads else None)
-        cal = args.calibration
-        if cal is not None and cal.matches(arch.name, gpu.name, prof.label):
+        cal = next((c for c in args.calibrations if c.matches(arch.name, gpu.name, prof.label)),
+                   None)
+        if cal is not None:
             weights = max(0, weights + cal.weights_delta_bytes)
             act = max(0, act + cal.activation_delta_bytes)
             non_torch = max(0, non_torch + cal.non_torch_delta_bytes)
@@ -575,6 +580,7 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
         page_bytes=lay.page_bytes, group_size=group_size, groups=kv_groups, num_blocks=num_blocks,
         kv_tokens=kv_tokens, max_concurrency=concurrency, request_kv_bytes=request_bytes,
         state_bytes_per_request=state_bytes, fits=fits, reason=reason, estimated_max_model_len=est_len,
+        calibration=(cal.source or "applied") if cal is not None else "",
     )
 
 

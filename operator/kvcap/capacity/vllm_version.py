@@ -79,16 +79,18 @@ _RULES: dict[str, list[tuple[tuple[int, int, int], object]]] = {
     #            ~37 bytes per (request x vocab) -- PR #32558 measures 1.25 GB for 256 x 131072.
     #            This is why gpt-oss-120b (vocab 201,088) at 1,024 dummy requests loses ~7 GiB
     #            to the profile run (vllm #27508).
-    #   "triton" PR #33538 (merged 2026-02-02; first release v0.16.0, inferred from the merge date
-    #            and vllm #33920 still sorting on 0.15.0rc2) replaced the sort with Triton top-k/p
-    #            kernels that keep a bounded buffer (384 MB for the same 256 x 131072 in PR #32558's
-    #            table): ~14 bytes per (request x vocab) with the float32 logits and probabilities.
-    "sampler": [((0, 0, 0), "none"), ((0, 8, 0), "sort"), ((0, 16, 0), "triton")],
+    #   "triton" PR #33538 (merged 2026-02-02) replaced the sort with Triton top-k/top-p kernels
+    #            that keep a bounded buffer (384 MB for the same 256 x 131072 in PR #32558's table):
+    #            ~14 bytes per (request x vocab) with the float32 logits and probabilities. First
+    #            release that profiles this way: v0.17.0, read from logs -- llm-d-planner PR #205's
+    #            version sweep shows Qwen3-14B's profile peak at 5.64 GiB on v0.15.0 and v0.16.0 and
+    #            2.23 GiB on v0.17.0 (benchmarks/data/vllm_launches.yaml).
+    "sampler": [((0, 0, 0), "none"), ((0, 8, 0), "sort"), ((0, 17, 0), "triton")],
     # V1 `_dummy_run` builds min(num_tokens, max_num_seqs) dummy requests, so the sampler batch is
     # capped by max_num_batched_tokens (gpu_model_runner.py `_dummy_run`: num_reqs = min(...)).
     "sampler_capped": [((0, 0, 0), False), ((0, 8, 0), True)],
     # Which coefficient set of data/overheads.yaml applies.
-    "profiler_era": [((0, 0, 0), "v0"), ((0, 8, 0), "v1-sort"), ((0, 16, 0), "v1")],
+    "profiler_era": [((0, 0, 0), "v0"), ((0, 8, 0), "v1-sort"), ((0, 17, 0), "v1")],
 }
 
 

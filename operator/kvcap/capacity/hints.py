@@ -1,0 +1,141 @@
+"""What would fit: concrete `vllm serve` configurations that do fit, found by re-estimating each one
+(pure; no I/O).
+
+When a launch does not fit, kvcap tries, on the same memory model: larger tensor parallelism,
+pipeline parallelism, an fp8 KV cache, a shorter `--max-model-len`, and larger GPU products of the
+same vendor -- each alone and the useful combinations -- and names the cheapest of each kind,
+cheapest first. Cost is the planner's proxy: GPU memory provisioned (GPUs x GiB per GPU); at equal
+cost, an option that keeps the requested context and KV precision comes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from kvcap.api.errors import KvcapError
+from kvcap.capacity.arch import ModelArch
+from kvcap.capacity.catalog import GIB, Gpu
+from kvcap.capacity.memory import Estimate, ServeArgs, estimate
+
+TP_SIZES = (1, 2, 4, 8)  # one node
+PP_SIZES = (1, 2, 3, 4)
+# at equal cost, prefer what changes the least for the user
+_PREFERENCE = {"tensor-parallel": 0, "pipeline-parallel": 1, "fp8-kv": 2, "another-gpu": 3,
+               "shorter-context": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    kind: str  # tensor-parallel | pipeline-parallel | fp8-kv | shorter-context | another-gpu
+    gpu: str
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    kv_cache_dtype: str
+    max_model_len: int
+    gpus: int
+    cost_gib: float  # GPU memory provisioned
+    max_concurrency: float  # requests of max_model_len one replica holds
+
+    def flags(self, base: ServeArgs) -> str:
+        parts = [f"--gpu {self.gpu}"]
+        if self.tensor_parallel_size != 1:
+            parts.append(f"--tensor-parallel-size {self.tensor_parallel_size}")
+        if self.pipeline_parallel_size != 1:
+            parts.append(f"--pipeline-parallel-size {self.pipeline_parallel_size}")
+        if self.kv_cache_dtype != base.kv_cache_dtype:
+            parts.append(f"--kv-cache-dtype {self.kv_cache_dtype}")
+        if self.max_model_len != base.max_model_len:
+            parts.append(f"--max-model-len {self.max_model_len}")
+        return " ".join(parts)
+
+    def describe(self, base: ServeArgs) -> str:
+        """One line: the flags that change from `base` (whose max_model_len is resolved), what it
+        costs and what one replica then holds."""
+        return (f"{self.flags(base)} ({self.gpus} x {self.gpu}, {self.cost_gib:.0f} GiB "
+                f"provisioned, {self.max_concurrency:.2f}x concurrency at "
+                f"{self.max_model_len:,} tokens)")
+
+
+def _try(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate | None:
+    try:
+        est = estimate(arch, gpu, args)
+    except KvcapError:
+        return None
+    return est if est.fits else None
+
+
+def _fit(kind: str, gpu: Gpu, args: ServeArgs, est: Estimate) -> Fit:
+    n = args.tensor_parallel_size * args.pipeline_parallel_size
+    return Fit(kind, gpu.name, args.tensor_parallel_size, args.pipeline_parallel_size,
+               args.kv_cache_dtype, est.max_model_len, n, n * gpu.memory_bytes / GIB,
+               est.max_concurrency)
+
+
+def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gpu] = (),
+                   limit: int = 4) -> list[Fit]:
+    """Configurations that fit, cheapest first, at most one per kind (the cheapest of its kind)."""
+    base_len = args.max_model_len or arch.max_position_embeddings
+    args = replace(args, max_model_len=base_len)
+    tps = [t for t in TP_SIZES if arch.num_attention_heads % t == 0]
+    fp8 = args.kv_cache_dtype == "auto" and arch.mamba is None
+    best: dict[str, Fit] = {}
+
+    def offer(fit: Fit) -> None:
+        cur = best.get(fit.kind)
+        key = (fit.cost_gib, -fit.max_concurrency)
+        if cur is None or key < (cur.cost_gib, -cur.max_concurrency):
+            best[fit.kind] = fit
+
+    shape_list = sorted(((t, p) for p in PP_SIZES for t in tps), key=lambda s: (s[0] * s[1], s[1]))
+
+    # Same GPU: more GPUs per replica (TP first, then PP), then fp8 KV, then a shorter context.
+    for tp, pp in shape_list:
+        if (tp, pp) == (args.tensor_parallel_size, args.pipeline_parallel_size):
+            continue
+        if tp * pp <= args.tensor_parallel_size * args.pipeline_parallel_size:
+            continue
+        a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp)
+        est = _try(arch, gpu, a)
+        if est is not None:
+            offer(_fit("pipeline-parallel" if pp > 1 else "tensor-parallel", gpu, a, est))
+    if fp8:
+        for tp, pp in shape_list:
+            if tp * pp < args.tensor_parallel_size * args.pipeline_parallel_size:
+                continue
+            a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                        kv_cache_dtype="fp8")
+            est = _try(arch, gpu, a)
+            if est is not None:
+                offer(_fit("fp8-kv", gpu, a, est))
+                break
+    for tp, pp in shape_list:
+        if tp * pp < args.tensor_parallel_size * args.pipeline_parallel_size:
+            continue
+        a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp)
+        try:
+            est = estimate(arch, gpu, a)
+        except KvcapError:
+            continue
+        if 0 < est.estimated_max_model_len < base_len:
+            shorter = replace(a, max_model_len=est.estimated_max_model_len)
+            est2 = _try(arch, gpu, shorter)
+            if est2 is not None:
+                offer(_fit("shorter-context", gpu, shorter, est2))
+                break
+    # Another GPU product, same context and KV precision: its cheapest shape.
+    for other in gpus:
+        if other.name == gpu.name or other.vendor != gpu.vendor \
+                or other.memory_bytes <= gpu.memory_bytes:
+            continue  # a larger GPU of the same vendor
+        for tp, pp in shape_list:
+            a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp)
+            est = _try(arch, other, a)
+            if est is not None:
+                offer(_fit("another-gpu", other, a, est))
+                break
+    full = [f for f in best.values() if f.kind in ("tensor-parallel", "pipeline-parallel")]
+    if "fp8-kv" in best and any(f.cost_gib <= best["fp8-kv"].cost_gib for f in full):
+        del best["fp8-kv"]  # fp8 KV only helps when it needs fewer GPUs than full precision
+    fits = sorted(best.values(), key=lambda f: (f.cost_gib, _PREFERENCE[f.kind]))
+    return fits[:limit]

@@ -1,0 +1,74 @@
+""""What would fit" names concrete configurations that fit when re-estimated, cheapest first."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kvcap.capacity import catalog
+from kvcap.capacity.configs import load_model
+from kvcap.capacity.hints import what_would_fit
+from kvcap.capacity.memory import ServeArgs, estimate
+
+
+@pytest.mark.parametrize(("model", "gpu", "args", "first_kind", "first_flags"), [
+    # 131 GiB of bf16 weights on 22 GiB GPUs: 8-way TP holds them, with room for ~15k tokens.
+    ("meta-llama/Llama-3.1-70B-Instruct", "L4", ServeArgs(), "shorter-context",
+     "--gpu L4 --tensor-parallel-size 8 --max-model-len"),
+    # On H100 two GPUs hold the weights but not a 131k request: the cheapest is a shorter context.
+    ("meta-llama/Llama-3.1-70B-Instruct", "H100-80GB", ServeArgs(), "shorter-context",
+     "--gpu H100-80GB --tensor-parallel-size 2 --max-model-len"),
+    # 8k context: 2 x H100 fits outright.
+    ("meta-llama/Llama-3.1-70B-Instruct", "H100-80GB", ServeArgs(max_model_len=8192),
+     "tensor-parallel", "--gpu H100-80GB --tensor-parallel-size 2"),
+    # gpt-oss-120b at util 0.95 / 1,024 batched tokens on a 0.11-era vLLM (vllm #27508): the issue's
+    # own way out was a shorter context or a second GPU.
+    ("openai/gpt-oss-120b", "H100-80GB",
+     ServeArgs(gpu_memory_utilization=0.95, max_num_batched_tokens=1024, vllm_version="0.11.0"),
+     "shorter-context", "--gpu H100-80GB --max-model-len"),
+])
+def test_cheapest_concrete_fit_first(model, gpu, args, first_kind, first_flags):
+    arch = load_model(model)
+    g = catalog.get_gpu(gpu)
+    assert not estimate(arch, g, args).fits
+    base = replace(args, max_model_len=args.max_model_len or arch.max_position_embeddings)
+    fits = what_would_fit(arch, g, base, catalog.all_gpus())
+    assert fits
+    assert fits[0].kind == first_kind
+    assert fits[0].flags(base).startswith(first_flags)
+    assert [f.cost_gib for f in fits] == sorted(f.cost_gib for f in fits)
+    for f in fits:  # every hint is a configuration that does fit
+        est = estimate(arch, catalog.get_gpu(f.gpu), replace(
+            base, tensor_parallel_size=f.tensor_parallel_size,
+            pipeline_parallel_size=f.pipeline_parallel_size, kv_cache_dtype=f.kv_cache_dtype,
+            max_model_len=f.max_model_len))
+        assert est.fits, f
+        assert est.max_concurrency >= 1
+
+
+def test_fp8_kv_offered_only_when_it_saves_gpus():
+    # 64k tokens of Llama-3.1-8B need 8 GiB of bf16 KV (4 GiB in fp8); one L4 has ~4.5 GiB left.
+    arch = load_model("meta-llama/Llama-3.1-8B-Instruct")
+    g = catalog.get_gpu("L4")
+    base = ServeArgs(max_model_len=65536)
+    assert not estimate(arch, g, base).fits
+    fits = what_would_fit(arch, g, base, catalog.all_gpus())
+    kinds = [f.kind for f in fits]
+    assert "fp8-kv" in kinds
+    fp8 = next(f for f in fits if f.kind == "fp8-kv")
+    full = [f for f in fits if f.kind in ("tensor-parallel", "pipeline-parallel")]
+    assert fp8.gpus == 1 and fits[0] is fp8  # cheapest: same GPU, same context
+    assert all(fp8.cost_gib < f.cost_gib for f in full)
+    # At 131k fp8 needs two GPUs like bf16 does: not worth offering.
+    fits = what_would_fit(arch, g, ServeArgs(max_model_len=131072), catalog.all_gpus())
+    assert "fp8-kv" not in [f.kind for f in fits]
+
+
+def test_other_gpus_are_larger_and_same_vendor():
+    arch = load_model("meta-llama/Llama-3.1-70B-Instruct")
+    g = catalog.get_gpu("L4")
+    fits = what_would_fit(arch, g, ServeArgs(max_model_len=131072), catalog.all_gpus())
+    for f in fits:
+        other = catalog.get_gpu(f.gpu)
+        assert other.vendor == g.vendor and other.memory_bytes >= g.memory_bytes
