@@ -73,10 +73,15 @@ def _models() -> dict[str, CatalogModel]:
             by_key.setdefault(_norm(key), model)
     for entry in yaml.safe_load((DATA / "derived.yaml").read_text()) or []:
         base = by_key[_norm(entry["base"])]
+        # An entry whose overrides change the shapes says so with `num_parameters` (null = derive the
+        # count from the resulting config); otherwise the base's count is the derivative's.
         derived = CatalogModel(
             id=entry["id"], aliases=tuple(entry.get("aliases") or ()),
             source=f"{entry['source']}; config of {base.id}: {base.source}",
-            num_parameters=base.num_parameters, num_active_parameters=base.num_active_parameters,
+            num_parameters=entry["num_parameters"] if "num_parameters" in entry
+            else base.num_parameters,
+            num_active_parameters=entry["num_active_parameters"] if "num_active_parameters" in entry
+            else base.num_active_parameters,
             config={**base.config, **(entry.get("overrides") or {})},
         )
         for key in (derived.id, *derived.aliases):
