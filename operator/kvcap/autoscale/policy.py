@@ -433,8 +433,7 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
         in_use += min(1.0, max(0.0, z(pod.kv_usage))) * cap
     running = sum(z(p.running) for p in ready)
     waiting = sum(
-        z(p.waiting_capacity) if math.isfinite(p.waiting_capacity) else z(p.waiting)
-        for p in ready
+        z(p.waiting_capacity) if math.isfinite(p.waiting_capacity) else z(p.waiting) for p in ready
     )
     preempt = sum(max(0.0, z(p.preemption_rate)) for p in ready)
     hits = _finite([p.prefix_cache_hit_rate for p in ready])
