@@ -99,6 +99,12 @@ PROGRESSING: Final = "Progressing"
 CHILDREN_SYNCED: Final = "ChildrenSynced"  # Every child object was applied as rendered.
 
 CONDITION_TYPES: Final = (READY, CAPACITY_PLANNED, SCHEDULABLE, PROGRESSING, CHILDREN_SYNCED)
+# Set only while `spec.autoscaling.policy` is not 'Disabled' (removed when it is):
+# Prometheus answered with current vLLM metrics for every Ready pod of every pool.
+METRICS_AVAILABLE: Final = "MetricsAvailable"
+# The KV capacity the running servers report (`vllm:cache_config_info`) matches the plan.
+CAPACITY_VERIFIED: Final = "CapacityVerified"
+AUTOSCALING_CONDITION_TYPES: Final = (METRICS_AVAILABLE, CAPACITY_VERIFIED)
 
 # --- condition reasons ---
 
@@ -145,11 +151,32 @@ APPLY_FAILED: Final = "ApplyFailed"  # A transient API error; retried.
 REPLICAS_READY: Final = "ReplicasReady"  # Every desired replica of every pool is ready.
 REPLICAS_NOT_READY: Final = "ReplicasNotReady"  # Some desired replica is not ready yet.
 
+# MetricsAvailable (the autoscaler holds replicas unless it is True)
+METRICS_CURRENT: Final = "MetricsCurrent"  # Every Ready pod reported fresh, finite samples.
+# Prometheus could not be queried (connection, HTTP error, timeout, URL not allowed).
+PROMETHEUS_UNAVAILABLE: Final = "PrometheusUnavailable"
+# A Ready pod has no (or a NaN) sample of a required signal (KV usage, running, waiting).
+METRICS_MISSING: Final = "MetricsMissing"
+# A Ready pod's newest KV-usage sample is older than the staleness window (120 s).
+METRICS_STALE: Final = "MetricsStale"
+NO_READY_REPLICAS: Final = "NoReadyReplicas"  # Nothing to measure yet: no pool has a Ready pod.
+
+# CapacityVerified
+# Reported KV tokens per replica within 2 % of the plan's `kvTokensPerReplica`.
+CAPACITY_MATCHES_PLAN: Final = "CapacityMatchesPlan"
+# Reported KV tokens per replica more than 2 % from the plan; the autoscaler uses the reported.
+PLAN_MISMATCH: Final = "PlanMismatch"
+# No Ready server reports `vllm:cache_config_info` with its block count (or no Ready server).
+CAPACITY_NOT_REPORTED: Final = "CapacityNotReported"
+
 # --- event reasons (posted only on transitions) ---
 
 EVENT_PLAN_CHANGED: Final = "PlanChanged"  # Pools, products, parallelism or max-model-len changed.
-EVENT_SCALED_UP: Final = "ScaledUp"  # Desired replicas summed over pools grew.
-EVENT_SCALED_DOWN: Final = "ScaledDown"  # Desired replicas summed over pools shrank.
+# Desired replicas grew (per pool when autoscaling, with the decision's arithmetic).
+EVENT_SCALED_UP: Final = "ScaledUp"
+EVENT_SCALED_DOWN: Final = "ScaledDown"  # Desired replicas shrank (as EVENT_SCALED_UP).
+EVENT_PLAN_MISMATCH: Final = "PlanMismatch"  # CapacityVerified turned False.
+EVENT_METRICS_UNAVAILABLE: Final = "MetricsUnavailable"  # MetricsAvailable turned False.
 EVENT_INFEASIBLE: Final = "PlanInfeasible"  # CapacityPlanned turned False.
 EVENT_READY: Final = "Ready"  # Ready turned True.
 EVENT_NOT_READY: Final = "NotReady"  # Ready turned False after having been True.

@@ -56,23 +56,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from kvcap.api import constants as kc
+
 NAN = float("nan")
 X, TO, GE, LE = "\u00d7", "\u2192", "\u2265", "\u2264"  # x, ->, >=, <= in messages
 
 Action = Literal["up", "down", "hold"]
 VerdictStatus = Literal["True", "False", "Unknown"]
 
-# MetricsVerdict reasons (the condition MetricsAvailable uses the same strings).
-METRICS_CURRENT = "MetricsCurrent"  # every Ready pod reported fresh, finite samples
-PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"  # the queries failed (connection, HTTP, timeout)
-METRICS_MISSING = "MetricsMissing"  # a Ready pod has no (or a NaN) sample of a required signal
-METRICS_STALE = "MetricsStale"  # a Ready pod's newest sample is older than `stale_after_seconds`
-NO_READY_REPLICAS = "NoReadyReplicas"  # nothing to measure yet (all replicas starting, or none)
-
-# CapacityVerdict reasons (condition CapacityVerified).
-CAPACITY_MATCHES_PLAN = "CapacityMatchesPlan"  # reported capacity within tolerance of the plan
-PLAN_MISMATCH = "PlanMismatch"  # reported capacity differs from the plan by more than tolerance
-CAPACITY_NOT_REPORTED = "CapacityNotReported"  # no Ready server reports its KV capacity
+# MetricsVerdict and CapacityVerdict reasons: the condition reasons of kvcap.api.constants
+# (MetricsAvailable, CapacityVerified), documented there.
+METRICS_CURRENT = kc.METRICS_CURRENT
+PROMETHEUS_UNAVAILABLE = kc.PROMETHEUS_UNAVAILABLE
+METRICS_MISSING = kc.METRICS_MISSING
+METRICS_STALE = kc.METRICS_STALE
+NO_READY_REPLICAS = kc.NO_READY_REPLICAS
+CAPACITY_MATCHES_PLAN = kc.CAPACITY_MATCHES_PLAN
+PLAN_MISMATCH = kc.PLAN_MISMATCH
+CAPACITY_NOT_REPORTED = kc.CAPACITY_NOT_REPORTED
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -282,9 +282,8 @@ def build_status(
             generation=generation,
             now=now,
         )
-    known = set(kc.CONDITION_TYPES)
-    conds = [c for c in conds if c.get("type") in known]
-    conds.sort(key=lambda c: kc.CONDITION_TYPES.index(c["type"]))
+    conds = [c for c in conds if c.get("type") in _ORDER]  # autoscaling's are kept for it
+    conds.sort(key=lambda c: _ORDER.index(c["type"]))
 
     plan_status = _plan_status(plan, planned, workloads, names, vllm_version)
     if plan is not None and plan.feasible and not planned.ok:
@@ -300,6 +299,43 @@ def build_status(
         "plan": plan_status,
         "conditions": conds,
     }
+
+
+_ORDER: tuple[str, ...] = (*kc.CONDITION_TYPES, *kc.AUTOSCALING_CONDITION_TYPES)
+_SEVERITY = {"False": 0, "Unknown": 1, "True": 2}
+
+
+def autoscaling_conditions(
+    conds: Sequence[Mapping[str, Any]],
+    pool_checks: Sequence[Mapping[str, Check]],
+    *,
+    generation: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Fold each pool's MetricsAvailable/CapacityVerified checks into one condition each: the
+    worst pool wins (False, then Unknown, then True; True messages are joined). With no pool
+    checks (autoscaling 'Disabled') both conditions are removed."""
+    if not pool_checks:
+        return [dict(c) for c in conds if c.get("type") not in kc.AUTOSCALING_CONDITION_TYPES]
+    out = [dict(c) for c in conds]
+    for type_ in kc.AUTOSCALING_CONDITION_TYPES:
+        checks = [pc[type_] for pc in pool_checks if type_ in pc]
+        if not checks:
+            continue
+        worst = min(checks, key=lambda c: _SEVERITY[c.status])
+        same = [c for c in checks if c.status == worst.status and c.reason == worst.reason]
+        message = "; ".join(dict.fromkeys(c.message for c in same))
+        out = set_condition(
+            out,
+            type=type_,
+            status=worst.status,
+            reason=worst.reason,
+            message=message,
+            generation=generation,
+            now=now,
+        )
+    out.sort(key=lambda c: _ORDER.index(c["type"]) if c.get("type") in _ORDER else len(_ORDER))
+    return out
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
@@ -340,6 +376,23 @@ def describe_pools(status: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _pool_scale_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """One event per pool whose replicas the autoscaler changed, with its decision sentence."""
+    before = {p.get("name"): p for p in (old.get("plan") or {}).get("pools") or ()}
+    events = []
+    for pool in (new.get("plan") or {}).get("pools") or ():
+        prev = before.get(pool.get("name"))
+        if prev is None or "decision" not in pool:
+            continue
+        a, b = prev.get("replicas") or 0, pool.get("replicas") or 0
+        if a != b:
+            verb = kc.EVENT_SCALED_UP if b > a else kc.EVENT_SCALED_DOWN
+            events.append(
+                Event("Normal", verb, f"Pool '{pool['name']}' {a} -> {b}: {pool['decision']}")
+            )
+    return events
+
+
 def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """Events for what changed between two statuses. Empty when nothing transitioned."""
     old = old or {}
@@ -364,10 +417,20 @@ def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
     if new_sig and new_sig != old_sig:
         events.append(Event("Normal", kc.EVENT_PLAN_CHANGED, f"Planned {describe_pools(new)}"))
     old_replicas, new_replicas = old.get("replicas") or 0, new.get("replicas") or 0
-    if old_sig and new_sig and old_replicas != new_replicas:
+    scaled = _pool_scale_events(old, new) if old_sig and new_sig else []
+    events.extend(scaled)
+    if old_sig and new_sig and old_replicas != new_replicas and not scaled:
         verb = kc.EVENT_SCALED_UP if new_replicas > old_replicas else kc.EVENT_SCALED_DOWN
         events.append(
             Event("Normal", verb, f"Scaled from {old_replicas} to {new_replicas} replicas")
+        )
+    cond = flipped(kc.CAPACITY_VERIFIED, "False")
+    if cond is not None:
+        events.append(Event("Warning", kc.EVENT_PLAN_MISMATCH, cond["message"]))
+    cond = flipped(kc.METRICS_AVAILABLE, "False")
+    if cond is not None:
+        events.append(
+            Event("Warning", kc.EVENT_METRICS_UNAVAILABLE, f"{cond['reason']}: {cond['message']}")
         )
     cond = flipped(kc.CHILDREN_SYNCED, "False")
     if cond is not None and cond.get("reason") == kc.CONFLICT:
