@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     gpus = sub.add_parser("gpus", help="list the built-in GPU catalog")
     gpus.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
+    sim = sub.add_parser("simulate", help="replay a request trace through the planned pools",
+                         description="Replay a real trace (Mooncake, Azure LLM, ShareGPT lengths) "
+                         "through vLLM-like replicas of the planned pools under scaling policies: "
+                         "GPU-hours, SLO attainment, latency, preemptions per policy.")
+    from kvcap.sim.command import add_arguments as _sim_arguments
+    _sim_arguments(sim)
+    sim.add_argument("--config", help="config.json to use instead of the catalog")
+
     run = sub.add_parser("run", help="run the operator (kopf)")
     run.add_argument("--namespace", "-n", action="append", dest="namespaces",
                      help="watch only this namespace (repeatable); default: all")
@@ -369,13 +377,27 @@ def cmd_gpus(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(ns: argparse.Namespace) -> int:
+    from kvcap.api.models import parse_manifest
+    from kvcap.capacity.configs import read_config_file
+    from kvcap.sim.command import execute
+
+    doc = _read_manifest(ns.filename)
+    try:
+        spec = parse_manifest(doc).spec
+    except ValidationError as err:
+        raise InvalidArgument(_validation_message(err, ns.filename)) from None
+    config = read_config_file(Path(ns.config)) if ns.config else None
+    return execute(ns, spec, load_model(spec.model.name, config=config))
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     from kvcap.controller.runner import run
     return run(namespaces=ns.namespaces, liveness_endpoint=ns.liveness, verbose=ns.verbose)
 
 
-COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "models": cmd_models, "gpus": cmd_gpus,
-            "run": cmd_run}
+COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "simulate": cmd_simulate,
+            "models": cmd_models, "gpus": cmd_gpus, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
