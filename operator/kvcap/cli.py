@@ -18,11 +18,14 @@ from pydantic import ValidationError
 
 from kvcap import __version__
 from kvcap.api.errors import InvalidArgument, KvcapError
+from kvcap.calibrate_command import add_arguments as add_calibrate_arguments
+from kvcap.calibrate_command import read_calibration_file
 from kvcap.capacity import catalog
 from kvcap.capacity.catalog import GIB
 from kvcap.capacity.configs import load_model
 from kvcap.capacity.memory import KV_DTYPES, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.capacity.vllm_version import NEWEST_VERSION
 from kvcap.clients.hfhub import resolve_model
 
 EXIT_OK, EXIT_UNFIT, EXIT_INPUT = 0, 1, 2
@@ -100,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per-GPU KV cache size (skips profiling, as in vLLM); accepts 20Gi etc.")
     est.add_argument("--enforce-eager", action="store_true")
     est.add_argument("--disable-hybrid-kv-cache-manager", action="store_true")
-    est.add_argument("--vllm-version", help="vLLM version whose accounting to follow (default 0.11.0)")
+    est.add_argument("--vllm-version",
+                     help="vLLM version whose accounting to follow (default: the newest kvcap "
+                     f"has rules for, {NEWEST_VERSION}; older versions follow their own rules)")
+    est.add_argument("--calibration", metavar="FILE",
+                     help="calibrations from `kvcap calibrate --write-override`; the one for this "
+                     "model, GPU and version applies")
     _hub_flags(est)
     est.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
@@ -110,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-' for stdin)")
     plan.add_argument("--config", help="config.json to use instead of the catalog")
     _hub_flags(plan)
+    plan.add_argument("--calibration", metavar="FILE",
+                      help="calibrations from `kvcap calibrate --write-override`")
     plan.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
 
     models = sub.add_parser("models", help="list the built-in model catalog")
@@ -117,13 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     gpus = sub.add_parser("gpus", help="list the built-in GPU catalog")
     gpus.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
-    sim = sub.add_parser("simulate", help="replay a request trace through the planned pools",
-                         description="Replay a real trace (Mooncake, Azure LLM, ShareGPT lengths) "
-                         "through vLLM-like replicas of the planned pools under scaling policies: "
-                         "GPU-hours, SLO attainment, latency, preemptions per policy.")
-    from kvcap.sim.command import add_arguments as _sim_arguments
-    _sim_arguments(sim)
-    sim.add_argument("--config", help="config.json to use instead of the catalog")
+    cal = sub.add_parser("calibrate", help="compare a real vLLM startup log with kvcap's prediction",
+                         description="Read a vLLM startup log (INFO or DEBUG), find the model, "
+                         "version, GPU and flags it names, print kvcap's prediction next to each "
+                         "logged line, and optionally write a calibration that `kvcap plan` and the "
+                         "operator apply.")
+    add_calibrate_arguments(cal)
+    _hub_flags(cal)
+    cal.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
     run = sub.add_parser("run", help="run the operator (kopf)")
     run.add_argument("--namespace", "-n", action="append", dest="namespaces",
@@ -233,6 +244,7 @@ def cmd_estimate(ns: argparse.Namespace) -> int:
         enforce_eager=ns.enforce_eager,
         disable_hybrid_kv_cache_manager=ns.disable_hybrid_kv_cache_manager,
         dtype=ns.dtype,
+        calibrations=read_calibration_file(ns.calibration) if ns.calibration else (),
     )
     est = estimate(arch, gpu, args)
     result = est.to_dict()
@@ -335,7 +347,8 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     elif ns.hf_hub and catalog.find_model(spec.model.name) is None:
         config = fetch_config(spec.model.name, token=ns.hf_token, revision=ns.revision or
                               spec.model.revision)
-    plan = plan_deployment(spec, config=config)
+    calibrations = read_calibration_file(ns.calibration) if ns.calibration else ()
+    plan = plan_deployment(spec, config=config, calibrations=calibrations)
     data = plan.to_dict()
     data["name"] = manifest.metadata.name
     if ns.output == "json":
@@ -377,18 +390,9 @@ def cmd_gpus(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_simulate(ns: argparse.Namespace) -> int:
-    from kvcap.api.models import parse_manifest
-    from kvcap.capacity.configs import read_config_file
-    from kvcap.sim.command import execute
-
-    doc = _read_manifest(ns.filename)
-    try:
-        spec = parse_manifest(doc).spec
-    except ValidationError as err:
-        raise InvalidArgument(_validation_message(err, ns.filename)) from None
-    config = read_config_file(Path(ns.config)) if ns.config else None
-    return execute(ns, spec, load_model(spec.model.name, config=config))
+def cmd_calibrate(ns: argparse.Namespace) -> int:
+    from kvcap.calibrate_command import run as run_calibrate
+    return run_calibrate(ns)
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -396,8 +400,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return run(namespaces=ns.namespaces, liveness_endpoint=ns.liveness, verbose=ns.verbose)
 
 
-COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "simulate": cmd_simulate,
-            "models": cmd_models, "gpus": cmd_gpus, "run": cmd_run}
+COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "models": cmd_models, "gpus": cmd_gpus,
+            "calibrate": cmd_calibrate, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

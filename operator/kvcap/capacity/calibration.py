@@ -152,10 +152,9 @@ def parse_log(text: str) -> LogFacts:
     conc = None
     conc_tokens = None
     for line in text.splitlines():
-        if "memory snapshot" in line:
-            continue  # v0.19's worker-init snapshot: memory before loading, not the profile run
+        snapshot = "memory snapshot" in line  # v0.19 worker init: before loading, only its total
         for key, pattern in _FIRST:
-            if key not in values:
+            if key not in values and (not snapshot or key == "gpu_total_gib"):
                 m = re.search(pattern, line)
                 if m:
                     values[key] = _num(m.group(1))

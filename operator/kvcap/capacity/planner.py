@@ -14,6 +14,7 @@ under-estimated), and sizes for N concurrent requests at the 95th percentile of 
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,8 +30,7 @@ from kvcap.capacity import catalog
 from kvcap.capacity.arch import ModelArch
 from kvcap.capacity.catalog import GIB, Gpu
 from kvcap.capacity.configs import load_model
-from kvcap.capacity.latency import StepModel, step_model
-from kvcap.capacity.memory import Estimate, ServeArgs, estimate
+from kvcap.capacity.memory import Calibration, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import Alternative, CapacityPlan, PoolPlan
 from kvcap.capacity.vllm_version import profile
 
@@ -175,17 +175,8 @@ def _serve_args(spec: ModelDeploymentSpec, tp: int, pp: int, max_model_len: int,
         quantization=quant,
         kv_cache_memory_bytes=parse_quantity(v.kv_cache_memory) if v.kv_cache_memory else None,
         vllm_version=v.resolved_version(),
+        calibrations=_CALIBRATIONS.get(),
     )
-
-
-def step_model_for(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, tp: int, pp: int,
-                   max_model_len: int) -> tuple[StepModel, Estimate]:
-    """The step-time model of one replica of this shape (kvcap.capacity.latency), with the memory
-    estimate it was built from."""
-    est = estimate(arch, gpu, _serve_args(spec, tp, pp, max_model_len))
-    model = step_model(arch, gpu, tp=tp, pp=pp, weight_bytes_per_gpu=est.weights_bytes,
-                       kv_bytes_per_token=est.kv_bytes_per_token)
-    return model, est
 
 
 def _evaluate(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, demand: PoolDemand, tp: int,
@@ -401,11 +392,26 @@ def _split_threshold(spec: ModelDeploymentSpec) -> tuple[int | None, str]:
                   if p is None else "one pool: p99 equals maxContextTokens, there is no long tail")
 
 
+# Calibrations (`kvcap calibrate`) in force while `plan_deployment` runs; every ServeArgs the planner
+# builds carries them and `memory.estimate` applies the one matching model, GPU and version.
+_CALIBRATIONS: ContextVar[tuple[Calibration, ...]] = ContextVar("kvcap_calibrations", default=())
+
+
 def plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None = None,
-                    cluster_gpus: Mapping[str, int] | None = None,
-                    arch: ModelArch | None = None) -> CapacityPlan:
+                    cluster_gpus: Mapping[str, int] | None = None, arch: ModelArch | None = None,
+                    calibrations: Sequence[Calibration] = ()) -> CapacityPlan:
     """Plan pools for a ModelDeployment. Raises KvcapError for bad input; returns an infeasible
     CapacityPlan (with the nearest fix) when no plan exists."""
+    token = _CALIBRATIONS.set(tuple(calibrations))
+    try:
+        return _plan_deployment(spec, config=config, cluster_gpus=cluster_gpus, arch=arch)
+    finally:
+        _CALIBRATIONS.reset(token)
+
+
+def _plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None,
+                     cluster_gpus: Mapping[str, int] | None,
+                     arch: ModelArch | None) -> CapacityPlan:
     arch = arch or load_model(spec.model.name, config=config)
     w = spec.workload
     gpus = resolve_gpus(spec, cluster_gpus)

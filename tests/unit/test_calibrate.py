@@ -1,0 +1,164 @@
+"""`kvcap calibrate` on real vLLM startup logs (the validation set's verbatim excerpts, each cited in
+benchmarks/data/vllm_launches.yaml): the parser reads what the log says, the calibration reproduces
+the logged KV memory, and `kvcap estimate/plan` apply it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from validation import Case, load_cases  # noqa: E402
+
+from kvcap.api.errors import InvalidArgument  # noqa: E402
+from kvcap.capacity.calibration import (  # noqa: E402
+    compare,
+    merge,
+    parse_calibrations,
+    parse_log,
+    serve_args,
+    to_document,
+)
+from kvcap.capacity.catalog import GIB  # noqa: E402
+from kvcap.capacity.memory import Calibration, estimate  # noqa: E402
+
+CASES, _ = load_cases()
+# Launches whose excerpt is vLLM's own log text (not a benchmark's summary table) with the KV memory.
+LOGS = [c for c in CASES
+        if c.gpu is not None and c.version_known and not c.refused
+        and c.observed.get("available_kv_gib") is not None
+        and ("Available KV cache memory" in c.raw["log_excerpt"]
+             or "reserved for KV Cache" in c.raw["log_excerpt"])
+        and c.args.pipeline_parallel_size == 1]
+
+FIELDS = [("weights_gib", "model_weights_gib"), ("activation_gib", "activation_peak_gib"),
+          ("available_kv_gib", "available_kv_gib"), ("kv_tokens", "kv_cache_tokens"),
+          ("max_concurrency", "max_concurrency")]
+
+
+def test_enough_real_logs():
+    assert len(LOGS) >= 30
+    assert len({c.source_id for c in LOGS}) >= 2
+
+
+@pytest.mark.parametrize("case", LOGS, ids=[c.id for c in LOGS])
+def test_parser_reads_what_the_log_says(case: Case):
+    facts = parse_log(case.raw["log_excerpt"])
+    for attr, key in FIELDS:
+        if case.observed.get(key) is not None:
+            assert getattr(facts, attr) == pytest.approx(case.observed[key]), attr
+    flags = facts.flags
+    if "tensor_parallel_size" in flags:
+        assert flags["tensor_parallel_size"] == case.args.tensor_parallel_size
+    if case.args.max_model_len and "max_model_len" in flags:
+        assert flags["max_model_len"] == case.args.max_model_len
+
+
+@pytest.mark.parametrize("case", LOGS, ids=[c.id for c in LOGS])
+def test_calibration_reproduces_the_logged_kv_memory(case: Case):
+    facts = parse_log(case.raw["log_excerpt"])
+    args = replace(serve_args(facts, case.args.vllm_version), **_missing_flags(facts, case))
+    assert case.gpu is not None
+    result = compare(facts, case.arch, case.gpu, args)
+    calibrated = estimate(case.arch, case.gpu, replace(args, calibrations=(result.calibration,)))
+    logged = case.observed["available_kv_gib"]
+    assert calibrated.available_kv_bytes / GIB == pytest.approx(logged, abs=0.005)
+    assert calibrated.calibration  # says it applied
+    if case.observed.get("max_concurrency"):
+        assert calibrated.max_concurrency == pytest.approx(case.observed["max_concurrency"],
+                                                           rel=0.01, abs=0.011)
+    # A calibration for another GPU or version does not apply.
+    other = replace(result.calibration, vllm_version="0.1.0")
+    assert estimate(case.arch, case.gpu, replace(args, calibrations=(other,))).available_kv_bytes \
+        == result.estimate.available_kv_bytes
+
+
+def _missing_flags(facts, case: Case) -> dict:
+    """Flags the excerpt does not show (the validation entry recorded them from the thread)."""
+    out = {}
+    for name in ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                 "kv_cache_dtype", "quantization", "dtype"):
+        if name not in facts.flags and getattr(case.args, name) not in (None, "auto"):
+            out[name] = getattr(case.args, name)
+    return out
+
+
+def test_calibration_carries_over_to_other_flags():
+    """A correction measured at 8k applies to a 32k launch of the same model, GPU and version."""
+    case = next(c for c in LOGS if c.id.startswith("llama-3.1-8b-instruct-h100-tp2pp1"))
+    facts = parse_log(case.raw["log_excerpt"])
+    args = serve_args(facts, "0.19.0")
+    cal = compare(facts, case.arch, case.gpu, args).calibration
+    longer = replace(args, max_model_len=32768)
+    plain = estimate(case.arch, case.gpu, longer)
+    calibrated = estimate(case.arch, case.gpu, replace(longer, calibrations=(cal,)))
+    assert calibrated.available_kv_bytes / GIB == pytest.approx(63.76, abs=0.005)
+    assert calibrated.available_kv_bytes != plain.available_kv_bytes
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("hello\nworld\n", "none of the lines vLLM prints"),
+])
+def test_not_a_vllm_log(text, message):
+    with pytest.raises(InvalidArgument, match=message):
+        parse_log(text)
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ("[1, 2]", "must be a mapping with a `calibrations` list"),
+    ("calibrations: [{model: m, gpu: H100-80GB}]", "must set vllmVersion"),
+    ("calibrations: [{model: m, gpu: g, vllmVersion: 0.19.0, activationDeltaBytes: 1.5}]",
+     "must be an integer number of bytes"),
+    ("calibrations: [{model: m, gpu: g, vllmVersion: 0.19.0, extra: 1}]", "unknown keys"),
+    ("calibrations: [oops", "not valid YAML"),
+])
+def test_malformed_override_documents_are_explained(doc, message):
+    with pytest.raises(InvalidArgument, match=message):
+        parse_calibrations(doc)
+
+
+def test_override_document_round_trip_and_merge():
+    a = Calibration("m", "H100-80GB", "0.19.0", activation_delta_bytes=-5, source="x")
+    b = Calibration("m", "H100-80GB", "0.19.0", activation_delta_bytes=7)
+    c = Calibration("m", "L40S", "0.19.0", non_torch_delta_bytes=3)
+    merged = merge(merge((a,), c), b)
+    assert merged == (c, b)
+    text = json.dumps(to_document(merged))
+    assert parse_calibrations(text) == merged
+
+
+def _kvcap(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvcap", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60,
+                          env={"PYTHONPATH": str(ROOT / "operator"), "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_calibrate_then_estimate_and_plan(tmp_path):
+    case = next(c for c in LOGS if c.id.startswith("llama-3.1-8b-instruct-h100-tp2pp1"))
+    log = tmp_path / "vllm.log"
+    log.write_text(case.raw["log_excerpt"])
+    override = tmp_path / "calibration.yaml"
+    r = _kvcap("calibrate", "--log", str(log), "--vllm-version", "0.19.0", "-o", "json",
+               "--write-override", str(override))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["gpu"] == "H100-80GB" and out["vllm_version"] == "0.19.0"
+    lines = {row["line"]: row for row in out["lines"]}
+    assert lines["available KV cache"]["logged"] == 63.76
+    assert lines["weights"]["logged"] == 7.51
+    r = _kvcap("estimate", "meta-llama/Llama-3.1-8B-Instruct", "-tp", "2", "--max-model-len",
+               "8192", "--gpu-memory-utilization", "0.95", "--vllm-version", "0.19.0",
+               "--calibration", str(override), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["available_kv_gib_per_gpu"] == pytest.approx(63.76, abs=0.005)
+    table = _kvcap("calibrate", "--log", str(log), "--vllm-version", "0.19.0")
+    assert "kvcap - logged" in table.stdout and "63.76 GiB" in table.stdout
+    missing = _kvcap("calibrate", "--log", str(log))
+    assert missing.returncode == 2 and "--vllm-version" in missing.stderr
