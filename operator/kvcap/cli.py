@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     gpus = sub.add_parser("gpus", help="list the built-in GPU catalog")
     gpus.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
+    sim = sub.add_parser("simulate", help="replay a request trace through the planned pools",
+                         description="Replay a real trace (Mooncake, Azure LLM, ShareGPT lengths) "
+                         "through vLLM-like replicas of the planned pools under scaling policies: "
+                         "GPU-hours, SLO attainment, latency, preemptions per policy.")
+    from kvcap.sim.command import add_arguments as _sim_arguments
+    _sim_arguments(sim)
+    sim.add_argument("--config", help="config.json to use instead of the catalog")
+
     cal = sub.add_parser("calibrate", help="compare a real vLLM startup log with kvcap's prediction",
                          description="Read a vLLM startup log (INFO or DEBUG), find the model, "
                          "version, GPU and flags it names, print kvcap's prediction next to each "
@@ -390,6 +398,20 @@ def cmd_gpus(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(ns: argparse.Namespace) -> int:
+    from kvcap.api.models import parse_manifest
+    from kvcap.capacity.configs import read_config_file
+    from kvcap.sim.command import execute
+
+    doc = _read_manifest(ns.filename)
+    try:
+        spec = parse_manifest(doc).spec
+    except ValidationError as err:
+        raise InvalidArgument(_validation_message(err, ns.filename)) from None
+    config = read_config_file(Path(ns.config)) if ns.config else None
+    return execute(ns, spec, load_model(spec.model.name, config=config))
+
+
 def cmd_calibrate(ns: argparse.Namespace) -> int:
     from kvcap.calibrate_command import run as run_calibrate
     return run_calibrate(ns)
@@ -400,7 +422,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return run(namespaces=ns.namespaces, liveness_endpoint=ns.liveness, verbose=ns.verbose)
 
 
-COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "models": cmd_models, "gpus": cmd_gpus,
+COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "simulate": cmd_simulate,
+            "models": cmd_models, "gpus": cmd_gpus,
             "calibrate": cmd_calibrate, "run": cmd_run}
 
 

@@ -30,6 +30,7 @@ from kvcap.capacity import catalog
 from kvcap.capacity.arch import ModelArch
 from kvcap.capacity.catalog import GIB, Gpu
 from kvcap.capacity.configs import load_model
+from kvcap.capacity.latency import StepModel, step_model
 from kvcap.capacity.memory import Calibration, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import Alternative, CapacityPlan, PoolPlan
 from kvcap.capacity.vllm_version import profile
@@ -177,6 +178,16 @@ def _serve_args(spec: ModelDeploymentSpec, tp: int, pp: int, max_model_len: int,
         vllm_version=v.resolved_version(),
         calibrations=_CALIBRATIONS.get(),
     )
+
+
+def step_model_for(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, tp: int, pp: int,
+                   max_model_len: int) -> tuple[StepModel, Estimate]:
+    """The step-time model of one replica of this shape (kvcap.capacity.latency), with the memory
+    estimate it was built from."""
+    est = estimate(arch, gpu, _serve_args(spec, tp, pp, max_model_len))
+    model = step_model(arch, gpu, tp=tp, pp=pp, weight_bytes_per_gpu=est.weights_bytes,
+                       kv_bytes_per_token=est.kv_bytes_per_token)
+    return model, est
 
 
 def _evaluate(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, demand: PoolDemand, tp: int,
