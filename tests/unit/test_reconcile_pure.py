@@ -222,6 +222,7 @@ class FakeKube:
         self.status_patches: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
         self.fail: ApiError | None = None
+        self.version = 100
 
     async def post_event(self, obj: dict[str, Any], *, type: str, reason: str, message: str
                          ) -> None:
@@ -267,9 +268,27 @@ class FakeKube:
         return self.objects.pop((plural, namespace, name), None) is not None
 
     async def patch_status(self, api_version: str, plural: str, namespace: str, name: str,
-                           status: dict[str, Any]) -> dict[str, Any]:
+                           status: dict[str, Any], *, resource_version: str | None = None
+                           ) -> dict[str, Any]:
+        stored = self.objects.get(("modeldeployments", namespace, name))
+        if stored is None:
+            raise ApiError(404, "NotFound", name)
+        if resource_version and stored["metadata"].get("resourceVersion") != resource_version:
+            raise ApiError(409, "Conflict", "the object has been modified")
         self.status_patches.append(status)
-        return {}
+        stored["status"] = {**stored.get("status", {}), **copy.deepcopy(status)}
+        self.bump(stored)
+        return copy.deepcopy(stored)
+
+    def bump(self, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+
+    def store(self, body: dict[str, Any]) -> None:
+        """Put (or replace) a ModelDeployment, as a user's write would."""
+        raw = copy.deepcopy(dict(body))
+        self.bump(raw)
+        self.objects[("modeldeployments", raw["metadata"]["namespace"], raw["metadata"]["name"])] = raw
 
     async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
         found = self.objects.get((kind.lower() + "s", namespace, name))
@@ -305,11 +324,24 @@ SPEC = {"model": {"name": MODEL}, "workload": {"maxContextTokens": 8192, "target
 
 
 async def run(kube: FakeKube, planner: Any, spec: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    body = body_for(spec, **kw)
-    patch = kopf.Patch()
+    """Store the ModelDeployment as given, reconcile it; the status written (merged), or {}."""
     ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
-    await reconcile(body, patch=patch, logger=_logger(), ctx=ctx, trigger="change")
-    return dict(patch.get("status") or {})
+    return await run_with(ctx, body_for(spec, **kw))
+
+
+async def run_with(ctx: OperatorContext, body: Any, trigger: Any = "change") -> dict[str, Any]:
+    kube = ctx.kube
+    kube.store(body)  # type: ignore[attr-defined]
+    before = len(kube.status_patches)  # type: ignore[attr-defined]
+    try:
+        await reconcile(body, logger=_logger(), ctx=ctx, trigger=trigger)
+    finally:
+        written = kube.status_patches[before:]  # type: ignore[attr-defined]
+        merged: dict[str, Any] = {}
+        for patch in written:
+            merged.update(patch)
+        run_with.last = merged  # type: ignore[attr-defined]
+    return merged
 
 
 def _logger() -> Any:
@@ -367,11 +399,10 @@ async def test_pipeline_reports_conflicts_and_leaves_foreign_objects_alone() -> 
 async def test_pipeline_invalid_spec_is_permanent_and_touches_nothing() -> None:
     kube, planner = FakeKube(), Recorder()
     body = body_for({"model": {"name": MODEL}, "workload": {"maxContextTokens": -1}})
-    patch = kopf.Patch()
     ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
     with pytest.raises(kopf.PermanentError, match="maxContextTokens"):
-        await reconcile(body, patch=patch, logger=_logger(), ctx=ctx)
-    status = patch["status"]
+        await run_with(ctx, body)
+    status = run_with.last  # type: ignore[attr-defined]
     assert get_condition(status, "CapacityPlanned")["reason"] == "InvalidSpec"  # type: ignore[index]
     assert get_condition(status, "Ready")["status"] == "False"  # type: ignore[index]
     assert planner.calls == [] and not [c for c in kube.calls if c.startswith("apply")]
@@ -446,13 +477,28 @@ async def test_pipeline_transient_api_errors_become_temporary_errors() -> None:
         await run(kube, Recorder(), SPEC)
 
 
-async def test_pipeline_is_idempotent() -> None:
+def children_of(kube: FakeKube) -> dict[Any, Any]:
+    return {k: v for k, v in kube.objects.items() if k[0] != "modeldeployments"}
+
+
+async def test_pipeline_is_idempotent_and_skips_unchanged_children() -> None:
     kube, planner = FakeKube(), Recorder()
-    first = await run(kube, planner, SPEC)
-    snapshot = copy.deepcopy(kube.objects)
-    second = await run(kube, planner, SPEC, status=first)
-    assert kube.objects == snapshot
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    first = await run_with(ctx, body_for(SPEC))
+    snapshot = copy.deepcopy(children_of(kube))
+    applies = len([c for c in kube.calls if c.startswith("apply")])
+    second = await run_with(ctx, body_for(SPEC, status=first))
+    assert children_of(kube) == snapshot
     assert second == {}  # nothing changed: no status patch at all
+    # the same process skips children whose applied-hash and generation are as it left them
+    assert len([c for c in kube.calls if c.startswith("apply")]) == applies
+    # someone else changed a child (its generation moved): applied again
+    kube.objects[("deployments", "team-a", "llama-default")]["metadata"]["generation"] = 2
+    await run_with(ctx, body_for(SPEC, status=first))
+    assert kube.calls[-3:].count("apply Deployment llama-default") == 1
+    # a new process (no memory of its applies) applies once
+    await run(kube, planner, SPEC, status=first)
+    assert len([c for c in kube.calls if c.startswith("apply")]) == applies + 1 + 3
 
 
 def test_check_is_frozen() -> None:
@@ -460,16 +506,19 @@ def test_check_is_frozen() -> None:
         Check("True", "A", "b").status = "False"  # type: ignore[misc]
 
 
-async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> None:
-    from kvcap.controller.reconcile import resync_one
+async def test_resync_reads_the_object_itself_and_skips_what_it_should() -> None:
+    from kvcap.controller.reconcile import reconcile_key
 
     kube, planner = FakeKube(), Recorder()
     ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
-    await resync_one(ctx, "team-a", "llama")  # gone: nothing happens
+
+    async def resync() -> None:
+        await reconcile_key(ctx, "team-a", "llama", trigger="resync", logger=_logger())
+
+    await resync()  # gone: nothing happens
     assert kube.status_patches == []
-    raw = dict(body_for(SPEC))
-    kube.objects[("modeldeployments", "team-a", "llama")] = raw
-    await resync_one(ctx, "team-a", "llama")
+    kube.store(body_for(SPEC))
+    await resync()
     assert "apply Deployment llama-default" in kube.calls
     final = kube.status_patches[-1]
     assert get_condition(final, "CapacityPlanned")["reason"] == "PlanFits"  # type: ignore[index]
@@ -479,18 +528,18 @@ async def test_resync_one_writes_status_itself_and_skips_what_it_should() -> Non
                             model=MODEL)
     ctx.plan_fn = infeasible
     # the plan is pinned to its generation: only a spec change (a new generation) re-plans
-    kube.objects[("modeldeployments", "team-a", "llama")] = {**raw, "status": final}
-    await resync_one(ctx, "team-a", "llama")
-    assert get_condition(kube.status_patches[-1], "CapacityPlanned")["reason"] == "PlanFits"  # type: ignore[index]
-    kube.objects[("modeldeployments", "team-a", "llama")] = {
-        **raw, "metadata": {**raw["metadata"], "generation": 2}, "status": final}
-    await resync_one(ctx, "team-a", "llama")
+    count = len(kube.status_patches)
+    await resync()
+    assert len(kube.status_patches) == count  # nothing changed: nothing written
+    stored = kube.objects[("modeldeployments", "team-a", "llama")]
+    stored["metadata"]["generation"] = 2
+    await resync()
     assert get_condition(kube.status_patches[-1], "CapacityPlanned")["reason"] == "Infeasible"  # type: ignore[index]
     # being deleted: left to garbage collection
     count = len(kube.status_patches)
-    stored = kube.objects[("modeldeployments", "team-a", "llama")]
-    stored["metadata"] = {**stored["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}
-    await resync_one(ctx, "team-a", "llama")
+    stored["metadata"]["generation"] = 3
+    stored["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    await resync()
     assert len(kube.status_patches) == count
 
 
@@ -517,35 +566,32 @@ async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.Mon
     ctx = OperatorContext(kube=kube, settings=Settings(hf_endpoint="http://mirror"),  # type: ignore[arg-type]
                           plan_fn=planner)
     for _ in range(2):
-        await reconcile(body_for(spec), patch=kopf.Patch(), logger=_logger(), ctx=ctx)
+        await run_with(ctx, body_for(spec))
     assert calls == [{"model": "org/private", "token": "hf_secret", "revision": "v1",
                       "endpoint": "http://mirror"}]  # fetched once, then cached
     assert planner.calls[-1]["config"] == {"model_type": "llama"}
     dep = kube.objects[("deployments", "team-a", "llama-default")]
     env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env == [{"name": "HF_TOKEN",
-                    "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    assert {"name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in env
 
     # a 404 is remembered for a while; an unreachable Hub is retried (TemporaryError)
     answers["org/missing"] = ModelNotFound("model 'org/missing' has no config.json")
     spec["model"] = {"name": "org/missing"}
     for _ in range(2):
-        patch = kopf.Patch()
-        await reconcile(body_for(spec), patch=patch, logger=_logger(), ctx=ctx)
-        assert get_condition(patch["status"], "CapacityPlanned")["reason"] == "ModelNotFound"  # type: ignore[index]
+        status = await run_with(ctx, body_for(spec))
+        assert get_condition(status, "CapacityPlanned")["reason"] == "ModelNotFound"  # type: ignore[index]
     assert [c["model"] for c in calls].count("org/missing") == 1
     answers["org/down"] = HubError("could not reach the Hub")
     spec["model"] = {"name": "org/down"}
-    patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError):
-        await reconcile(body_for(spec), patch=patch, logger=_logger(), ctx=ctx)
-    assert get_condition(patch["status"], "CapacityPlanned")["reason"] == "HubUnavailable"  # type: ignore[index]
+        await run_with(ctx, body_for(spec))
+    assert get_condition(run_with.last, "CapacityPlanned")["reason"] == "HubUnavailable"  # type: ignore[attr-defined]
     # a token Secret that does not exist
     spec["model"] = {"name": "org/private", "hfTokenSecretRef": {"name": "nope", "key": "token"}}
-    patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError):
-        await reconcile(body_for(spec), patch=patch, logger=_logger(), ctx=ctx)
-    cond = get_condition(patch["status"], "CapacityPlanned")
+        await run_with(ctx, body_for(spec))
+    cond = get_condition(run_with.last, "CapacityPlanned")  # type: ignore[attr-defined]
     assert cond is not None and cond["reason"] == "ModelConfigUnavailable"
     assert "Secret 'nope' key 'token'" in cond["message"]
 
@@ -554,3 +600,60 @@ def test_hub_reason_matches_the_hub_error() -> None:
     from kvcap.api.errors import HubError
 
     assert HubError.reason == kc.HUB_UNAVAILABLE
+
+
+# --- races: read, decide and write under the lock, never a status older than the stored one ---------
+
+
+def spec_with(tokens: int) -> dict[str, Any]:
+    return {**SPEC, "workload": {**SPEC["workload"], "maxContextTokens": tokens}}
+
+
+def max_model_len(kube: FakeKube) -> str:
+    args = kube.objects[("deployments", "team-a", "llama-default")]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    return str(args[args.index("--max-model-len") + 1])
+
+
+async def test_a_stale_body_never_rolls_back_children_or_status() -> None:
+    """kopf (or a resync) hands over generation 1 while generation 2 is stored: what is applied
+    and reported is generation 2 (the old code applied and wrote generation 1)."""
+    kube, planner = FakeKube(), Recorder()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    await run_with(ctx, body_for(spec_with(16384), generation=2))
+    assert max_model_len(kube) == "16384"
+    stale = body_for(spec_with(8192), generation=1)
+    await reconcile(stale, logger=_logger(), ctx=ctx, trigger="resync")
+    assert max_model_len(kube) == "16384"
+    stored = kube.objects[("modeldeployments", "team-a", "llama")]
+    assert stored["status"]["observedGeneration"] == 2
+    assert all(p["observedGeneration"] >= 2 for p in kube.status_patches[1:])
+
+
+async def test_a_spec_change_during_a_reconcile_is_not_overwritten_by_the_older_status() -> None:
+    """The spec moves to generation 2 while generation 1 is being applied: the status write of
+    generation 1 is refused (resourceVersion precondition) and the reconcile runs again."""
+    kube, planner = FakeKube(), Recorder()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    original_apply = kube.apply
+    edited = False
+
+    async def apply_and_edit(obj: dict[str, Any]) -> dict[str, Any]:
+        nonlocal edited
+        result = await original_apply(obj)
+        if not edited:  # the user edits the spec while we apply generation 1
+            edited = True
+            stored = kube.objects[("modeldeployments", "team-a", "llama")]
+            stored["spec"] = spec_with(16384)
+            stored["metadata"]["generation"] = 2
+            kube.bump(stored)
+        return result
+
+    kube.apply = apply_and_edit  # type: ignore[method-assign]
+    await run_with(ctx, body_for(spec_with(8192)))
+    stored = kube.objects[("modeldeployments", "team-a", "llama")]
+    assert stored["status"]["observedGeneration"] == 2
+    assert max_model_len(kube) == "16384"
+    landed = [p["observedGeneration"] for p in kube.status_patches]
+    assert landed == sorted(landed) and landed[-1] == 2
+    assert get_condition(stored["status"], "CapacityPlanned")["observedGeneration"] == 2  # type: ignore[index]

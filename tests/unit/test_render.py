@@ -58,12 +58,13 @@ GOLDEN_DEPLOYMENT: dict[str, Any] = {
         "namespace": "team-a",
         "labels": POOL_LABELS,
         "ownerReferences": [OWNER_REF],
-        "annotations": {"kvcap.io/spec-hash": "9fc6ff9569b7ed3e"},
+        "annotations": {"kvcap.io/spec-hash": "(stamped below)"},
     },
     "spec": {
         "replicas": 2,
         "selector": {"matchLabels": SELECTOR},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        # two replicas: one old pod may go first, so a full GPU pool still rolls over
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
         "revisionHistoryLimit": 3,
         "progressDeadlineSeconds": 2400,
         "template": {
@@ -73,7 +74,7 @@ GOLDEN_DEPLOYMENT: dict[str, Any] = {
                     "kvcap.io/role": "server",
                     "llm-d.ai/context-length-range": "0-8192",
                 },
-                "annotations": {"kvcap.io/spec-hash": "9fc6ff9569b7ed3e"},
+                "annotations": {"kvcap.io/spec-hash": "(stamped below)"},
             },
             "spec": {
                 "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -83,23 +84,50 @@ GOLDEN_DEPLOYMENT: dict[str, Any] = {
                     }]}],
                 }}},
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": 130,
                 "containers": [{
                     "name": "vllm",
                     "image": "vllm/vllm-openai:v0.11.0",
                     "command": ["vllm", "serve"],
                     "args": list(ARGS),
                     "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
-                    "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
-                    "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                    "env": [{"name": "HF_HOME", "value": "/model-cache"}],
+                    # weights unknown: 8Gi base + 16Gi /dev/shm + 16Gi assumed for staging weights
+                    "resources": {
+                        "requests": {"cpu": "4", "memory": "40Gi", "nvidia.com/gpu": "1",
+                                     "ephemeral-storage": "20Gi"},
+                        "limits": {"nvidia.com/gpu": "1"},
+                    },
+                    "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
+                                     {"name": "model-cache", "mountPath": "/model-cache"}],
                     "startupProbe": probe("/v1/models", 180),
                     "readinessProbe": probe("/v1/models", 3),
                     "livenessProbe": probe("/health", 3),
+                    "lifecycle": {"preStop": {"exec": {"command": ["sleep", "10"]}}},
+                    "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
+                                        "capabilities": {"drop": ["ALL"]}},
                 }],
-                "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
+                "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                            {"name": "model-cache", "emptyDir": {}}],
             },
         },
     },
 }
+
+
+
+def _stamp(obj: dict[str, Any]) -> None:
+    """Put the hash of the pod template (without its annotations) where the renderer puts it."""
+    template = copy.deepcopy(obj["spec"]["template"])
+    template["metadata"].pop("annotations")
+    digest = spec_hash(template)
+    obj["metadata"]["annotations"][kc.ANNOTATION_SPEC_HASH] = digest
+    obj["spec"]["template"]["metadata"]["annotations"][kc.ANNOTATION_SPEC_HASH] = digest
+
+
+_stamp(GOLDEN_DEPLOYMENT)
 
 GOLDEN_SERVICE = {
     "apiVersion": "v1",
@@ -202,6 +230,7 @@ DEPLOYMENT_CASES = [
         [_edit([*CONTAINER, "env"], [
             {"name": "A", "value": "2"},
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+            {"name": "HF_HOME", "value": "/model-cache"},
         ])],
     ),
     (
@@ -225,6 +254,8 @@ DEPLOYMENT_CASES = [
         RenderOptions(startup_timeout_seconds=600),
         [
             _edit(["spec", "replicas"], 1),
+            # a single replica is never taken down for a rollout
+            _edit(["spec", "strategy", "rollingUpdate", "maxUnavailable"], 0),
             _edit(["spec", "progressDeadlineSeconds"], 1200),
             _edit([*POD, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution",
                    "nodeSelectorTerms", 0, "matchExpressions", 0, "values"], ["A", "B"]),
@@ -232,7 +263,9 @@ DEPLOYMENT_CASES = [
                   [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
             _edit([*CONTAINER, "image"], "vllm/vllm-openai:v0.12.0"),
             _edit([*CONTAINER, "resources"],
-                  {"requests": {"amd.com/gpu": "4"}, "limits": {"amd.com/gpu": "4"}}),
+                  {"requests": {"cpu": "10", "memory": "56Gi", "amd.com/gpu": "4",
+                                "ephemeral-storage": "20Gi"},
+                   "limits": {"amd.com/gpu": "4"}}),
             _edit([*CONTAINER, "startupProbe"], probe("/v1/models", 60)),
             _edit([*POD, "volumes", 0, "emptyDir", "sizeLimit"], "32Gi"),
         ],
@@ -264,11 +297,7 @@ def test_deployment_variants(spec_over: dict[str, Any], pool_over: dict[str, Any
     expected = copy.deepcopy(GOLDEN_DEPLOYMENT)
     for edit in edits:
         edit(expected)
-    template = copy.deepcopy(expected["spec"]["template"])
-    template["metadata"].pop("annotations")
-    digest = spec_hash(template)
-    expected["metadata"]["annotations"][kc.ANNOTATION_SPEC_HASH] = digest
-    expected["spec"]["template"]["metadata"]["annotations"][kc.ANNOTATION_SPEC_HASH] = digest
+    _stamp(expected)
     assert got == expected
 
 
@@ -300,8 +329,13 @@ def test_leader_worker_set_for_a_replica_spanning_nodes() -> None:
     leader, worker = group["leaderTemplate"], group["workerTemplate"]
     lc, wc = leader["spec"]["containers"][0], worker["spec"]["containers"][0]
     assert lc["resources"] == wc["resources"] == {
-        "requests": {"nvidia.com/gpu": "8"}, "limits": {"nvidia.com/gpu": "8"},
+        "requests": {"cpu": "18", "memory": "40Gi", "nvidia.com/gpu": "8",
+                     "ephemeral-storage": "20Gi"},
+        "limits": {"nvidia.com/gpu": "8"},
     }
+    for template in (leader, worker):  # the pod policy covers workers too
+        assert template["spec"]["enableServiceLinks"] is False
+        assert template["spec"]["automountServiceAccountToken"] is False
     assert lc["command"][:2] == ["/bin/bash", "-c"]
     assert "--distributed-executor-backend ray" in lc["command"][2]
     assert lc["args"] == list(ARGS)

@@ -255,6 +255,17 @@ class EnvVar(ApiModel):
     )] = ""
 
 
+class ModelCacheSpec(ApiModel):
+    """Where vLLM keeps the downloaded weights (`HF_HOME`)."""
+
+    claim_name: Annotated[str, Field(
+        min_length=1, max_length=253, pattern=_SUBDOMAIN_PATTERN,
+        description="PersistentVolumeClaim in the ModelDeployment's namespace mounted as the "
+        "Hugging Face cache, so new pods reuse downloaded weights. Every replica mounts it: it "
+        "must be ReadWriteMany (or ReadOnlyMany, pre-filled).",
+    )]
+
+
 class VllmSpec(ApiModel):
     """How vLLM runs."""
 
@@ -297,7 +308,7 @@ class VllmSpec(ApiModel):
         description="Cap on `--max-num-seqs`. Default: planned from the KV budget.",
     )] = None
     extra_args: Annotated[list[Annotated[str, Field(
-        max_length=4096, description="One argument ('--enable-chunked-prefill', '--seed=0').",
+        max_length=2048, description="One argument ('--enable-chunked-prefill', '--seed=0').",
     )]], Field(
         default_factory=list, max_length=128,
         description="Extra `vllm serve` arguments, appended verbatim. Flags kvcap plans "
@@ -311,6 +322,11 @@ class VllmSpec(ApiModel):
         default="16Gi", max_length=32, pattern=QUANTITY_PATTERN,
         description="Size of the /dev/shm memory volume (NCCL needs it with tensor parallelism).",
     )] = "16Gi"
+    model_cache: Annotated[ModelCacheSpec | None, Field(
+        default=None,
+        description="A volume for downloaded weights that outlives pods. Unset: an emptyDir sized "
+        "from the weights (kept across container restarts, not across pods).",
+    )] = None
 
     @field_validator("extra_args")
     @classmethod
@@ -320,6 +336,13 @@ class VllmSpec(ApiModel):
             if flag is not None:
                 raise ValueError(
                     f"extraArgs must not set '{flag}': kvcap plans it; use the matching spec field"
+                )
+            full = abbreviated_planned_flag(arg)
+            if full is not None:
+                raise ValueError(
+                    f"extraArgs must not abbreviate planned flags: vLLM's argument parser reads "
+                    f"'{arg.split('=', 1)[0]}' as '{full}', which kvcap plans; use the matching "
+                    f"spec field"
                 )
         return args
 
@@ -351,6 +374,24 @@ def planned_flag_of(arg: str) -> str | None:
     """
     flag = arg.split("=", 1)[0].replace("_", "-")
     return flag if flag in PLANNED_FLAGS else None
+
+
+def abbreviated_planned_flag(arg: str) -> str | None:
+    """The planned flag that `arg` abbreviates ('--gpu-memory-util=0.99' ->
+    '--gpu-memory-utilization'), else None.
+
+    argparse accepts any unambiguous prefix of a long option (`allow_abbrev`, on by default:
+    https://docs.python.org/3/library/argparse.html#allow-abbrev), and vLLM's parser is an argparse
+    subclass, so a prefix of a planned flag would override the plan (or fail as ambiguous). Prefixes
+    shorter than three characters after `--` are not counted (they are ambiguous in vLLM anyway).
+    """
+    flag = arg.split("=", 1)[0].replace("_", "-")
+    if not flag.startswith("--") or len(flag) < 5 or flag in PLANNED_FLAGS:
+        return None
+    for planned in sorted(PLANNED_FLAGS):
+        if planned.startswith("--") and planned.startswith(flag):
+            return planned
+    return None
 
 
 class AutoscalingSpec(ApiModel):

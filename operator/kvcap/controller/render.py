@@ -5,7 +5,8 @@ Per pool (`default`, and `long` when the plan splits):
     needs more GPUs than a node has (TP x PP > `spec.gpu.perNode`), a LeaderWorkerSet of that name
     whose leader runs the Ray head plus `vllm serve` and whose workers join the Ray cluster;
   * Service `<name>-<pool>` (ClusterIP, port 8000 'http') selecting the pool's serving pods;
-  * PodDisruptionBudget `<name>-<pool>` (maxUnavailable 1).
+  * PodDisruptionBudget `<name>-<pool>` (maxUnavailable 1 pod: over the serving pods of a
+    Deployment, over every pod, leaders and workers, of a LeaderWorkerSet pool).
 Per ModelDeployment, when the API exists:
   * ServiceMonitor `<name>` (monitoring.coreos.com/v1) scraping `/metrics` of every pool Service;
   * InferencePool `<name>` (inference.networking.k8s.io/v1, else x-k8s.io/v1alpha2) over the
@@ -18,7 +19,9 @@ are not behind an inference gateway use `<name>-default` (and `<name>-long` for 
 
 Every child carries the kvcap labels and a controller ownerReference to the ModelDeployment, so
 garbage collection deletes them with it. The pod template carries `kvcap.io/spec-hash`, a hash of
-the rendered template, also copied to the workload's own annotations.
+the rendered template, also copied to the workload's own annotations. How the pods themselves run
+(service links, requests, model cache, probes, securityContext, grace) is the pod policy in
+`kvcap.controller.podspec`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from kvcap import GROUP, KIND, VERSION
 from kvcap.api import constants as kc
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
+from kvcap.controller import podspec
 
 MAX_NAME = 63  # DNS-1035 label: Service names; also the limit of a label value.
 
@@ -64,9 +68,18 @@ class RenderOptions:
 
     features: Features = field(default_factory=Features)
     extra_tolerations: tuple[Mapping[str, Any], ...] = ()
-    startup_timeout_seconds: int = 1800
+    startup_timeout_seconds: int = 1800  # the floor; larger models get more (podspec)
     epp_service_suffix: str = "-epp"
     epp_port: int = 9002
+    drain_seconds: int = 120  # SIGTERM -> SIGKILL, for in-flight responses
+    prestop_seconds: int = 10  # keep serving while the endpoint is withdrawn
+
+    def pod_policy(self) -> podspec.PodPolicy:
+        return podspec.PodPolicy(
+            startup_timeout_seconds=self.startup_timeout_seconds,
+            drain_seconds=self.drain_seconds,
+            prestop_seconds=self.prestop_seconds,
+        )
 
 
 # --- names and labels ---
@@ -182,62 +195,6 @@ def is_multi_node(pool: PoolPlan, per_node: int) -> bool:
 # --- pod template ---
 
 
-def _probe(path: str, *, failure_threshold: int, period: int = 10) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": kc.PORT_NAME, "scheme": "HTTP"},
-        "periodSeconds": period,
-        "timeoutSeconds": 5,
-        "successThreshold": 1,
-        "failureThreshold": failure_threshold,
-    }
-
-
-def _env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
-    """spec.vllm.env (the last value of a name wins) plus HF_TOKEN from the Secret (wins too)."""
-    by_name: dict[str, dict[str, Any]] = {}
-    for var in spec.vllm.env:
-        by_name[var.name] = {"name": var.name, "value": var.value}
-    ref = spec.model.hf_token_secret_ref
-    if ref is not None:
-        by_name[kc.HF_TOKEN_ENV] = {
-            "name": kc.HF_TOKEN_ENV,
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        }
-    return list(by_name.values())
-
-
-def _tolerations(spec: ModelDeploymentSpec, options: RenderOptions) -> list[dict[str, Any]]:
-    tolerations: list[dict[str, Any]] = [
-        {"key": spec.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"},
-    ]
-    for tol in options.extra_tolerations:
-        if dict(tol) not in tolerations:
-            tolerations.append(dict(tol))
-    return tolerations
-
-
-def _affinity(pool: PoolPlan) -> dict[str, Any] | None:
-    if not pool.gpu_labels:
-        return None
-    return {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {
-                        "matchExpressions": [
-                            {
-                                "key": kc.GPU_PRODUCT_LABEL,
-                                "operator": "In",
-                                "values": list(pool.gpu_labels),
-                            }
-                        ]
-                    }
-                ]
-            }
-        }
-    }
-
-
 def render_pod_template(
     owner: Owner,
     spec: ModelDeploymentSpec,
@@ -248,48 +205,26 @@ def render_pod_template(
     gpus: int | None = None,
     command: Sequence[str] = ("vllm", "serve"),
     args: Sequence[str] | None = None,
+    model_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """A pool's pod template; role worker has no HTTP port or probes (a Ray worker serves none)."""
-    gpus = pool.gpus_per_replica if gpus is None else gpus
-    resources = {spec.gpu.resource_name: str(gpus)}
-    container: dict[str, Any] = {
-        "name": kc.VLLM_CONTAINER,
-        "image": spec.vllm.image,
-        "command": list(command),
-        "args": list(pool.vllm_args if args is None else args),
-    }
-    if role == kc.ROLE_SERVER:
-        container["ports"] = [
-            {"name": kc.PORT_NAME, "containerPort": kc.VLLM_PORT, "protocol": "TCP"}
-        ]
-    env = _env(spec)
-    if env:
-        container["env"] = env
-    container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
-    container["volumeMounts"] = [{"name": kc.SHM_VOLUME, "mountPath": "/dev/shm"}]
-    if role == kc.ROLE_SERVER:
-        container["startupProbe"] = _probe(
-            kc.READINESS_PATH,
-            failure_threshold=max(1, math.ceil(options.startup_timeout_seconds / 10)),
-        )
-        container["readinessProbe"] = _probe(kc.READINESS_PATH, failure_threshold=3)
-        container["livenessProbe"] = _probe(kc.LIVENESS_PATH, failure_threshold=3)
-
+    """A pool's pod template (podspec owns the policy) with the kvcap labels and spec hash."""
     labels = {
         **pool_labels(owner.name, pool.name),
         kc.LABEL_ROLE: role,
         kc.LABEL_CONTEXT_LENGTH_RANGE: context_length_range(pool),
     }
-    pod_spec: dict[str, Any] = {}
-    affinity = _affinity(pool)
-    if affinity is not None:
-        pod_spec["affinity"] = affinity
-    pod_spec["tolerations"] = _tolerations(spec, options)
-    pod_spec["containers"] = [container]
-    pod_spec["volumes"] = [
-        {"name": kc.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": spec.vllm.shm_size}},
-    ]
-    template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod_spec}
+    template = podspec.render_pod_template(
+        labels=labels,
+        spec=spec,
+        pool=pool,
+        policy=options.pod_policy(),
+        extra_tolerations=options.extra_tolerations,
+        model_bytes=model_bytes,
+        role=role,
+        gpus=gpus,
+        command=command,
+        args=args,
+    )
     template["metadata"]["annotations"] = {kc.ANNOTATION_SPEC_HASH: spec_hash(template)}
     return template
 
@@ -297,10 +232,31 @@ def render_pod_template(
 # --- workloads ---
 
 
+def rollout_strategy(replicas: int) -> dict[str, Any]:
+    """RollingUpdate that progresses on a fully used GPU pool.
+
+    `maxSurge: 1, maxUnavailable: 0` waits forever for a spare GPU when the pool's nodes are full.
+    With two or more replicas one old pod may go first (`maxUnavailable: 1`), so the rollout always
+    progresses, losing at most one replica of capacity; a surge pod still starts at once where a
+    GPU is free. A single replica is never taken down for a rollout (that would be an outage):
+    it surges, and Schedulable says so when no GPU is free.
+    (Deployment strategy: https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#rolling-update-deployment)
+    """
+    unavailable = 1 if replicas >= 2 else 0
+    return {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": unavailable},
+    }
+
+
 def render_deployment(
-    owner: Owner, spec: ModelDeploymentSpec, pool: PoolPlan, options: RenderOptions
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    pool: PoolPlan,
+    options: RenderOptions,
+    model_bytes: int | None = None,
 ) -> dict[str, Any]:
-    template = render_pod_template(owner, spec, pool, options)
+    template = render_pod_template(owner, spec, pool, options, model_bytes=model_bytes)
     digest = template["metadata"]["annotations"][kc.ANNOTATION_SPEC_HASH]
     name = child_name(owner.name, pool.name)
     return {
@@ -312,14 +268,10 @@ def render_deployment(
         "spec": {
             "replicas": pool.replicas,
             "selector": {"matchLabels": serving_selector(owner.name, pool.name)},
-            # A surge pod needs spare GPUs; without them the rollout waits (old pods keep serving)
-            # and Schedulable reports the unschedulable pod, rather than dropping serving capacity.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
+            "strategy": rollout_strategy(pool.replicas),
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": options.startup_timeout_seconds + 600,
+            "progressDeadlineSeconds": podspec.startup_seconds(options.pod_policy(), model_bytes)
+            + 600,
             "template": template,
         },
     }
@@ -341,7 +293,11 @@ _WORKER_SCRIPT = (
 
 
 def render_leader_worker_set(
-    owner: Owner, spec: ModelDeploymentSpec, pool: PoolPlan, options: RenderOptions
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    pool: PoolPlan,
+    options: RenderOptions,
+    model_bytes: int | None = None,
 ) -> dict[str, Any]:
     """LeaderWorkerSet for a replica spanning `size` nodes (vLLM over Ray, as vLLM's LWS guide)."""
     size = nodes_per_replica(pool.gpus_per_replica, spec.gpu.per_node)
@@ -357,6 +313,7 @@ def render_leader_worker_set(
         gpus=per_pod,
         command=("/bin/bash", "-c", _LEADER_SCRIPT, "kvcap-leader"),
         args=pool.vllm_args,
+        model_bytes=model_bytes,
     )
     worker = render_pod_template(
         owner,
@@ -367,6 +324,7 @@ def render_leader_worker_set(
         gpus=per_pod,
         command=("/bin/bash", "-c", _WORKER_SCRIPT),
         args=(),
+        model_bytes=model_bytes,
     )
     digest = spec_hash({"leader": leader, "worker": worker})
     name = child_name(owner.name, pool.name)
@@ -410,16 +368,32 @@ def render_service(owner: Owner, pool: PoolPlan) -> dict[str, Any]:
     }
 
 
-def render_pdb(owner: Owner, pool: PoolPlan) -> dict[str, Any]:
+def pool_pod_selector(owner_name: str, pool: str) -> dict[str, str]:
+    """Every pod of a pool, whatever its role (LeaderWorkerSet leaders and workers)."""
+    return {kc.LABEL_MODEL_DEPLOYMENT: fit_name(owner_name), kc.LABEL_POOL: pool}
+
+
+def render_pdb(owner: Owner, pool: PoolPlan, multi_node: bool = False) -> dict[str, Any]:
+    """At most one pod of the pool voluntarily disrupted at a time.
+
+    A multi-node replica is a group of pods that restarts as a whole when any one of them goes
+    (`RecreateGroupOnPodRestart`), so the budget covers the workers as well as the leaders: with
+    `maxUnavailable: 1` over all of them, a drain breaks at most one replica at a time and waits
+    until that group is back before taking the next pod (PDBs count pods, not groups:
+    https://kubernetes.io/docs/tasks/run-application/configure-pdb/ ; LWS restart policy:
+    https://lws.sigs.k8s.io/docs/concepts/).
+    """
     name = child_name(owner.name, pool.name)
+    selector = (
+        pool_pod_selector(owner.name, pool.name)
+        if multi_node
+        else serving_selector(owner.name, pool.name)
+    )
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(owner, name, pool_labels(owner.name, pool.name)),
-        "spec": {
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": serving_selector(owner.name, pool.name)},
-        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
     }
 
 
@@ -465,19 +439,31 @@ def render_inference_pool(owner: Owner, options: RenderOptions) -> dict[str, Any
 
 
 def render_children(
-    owner: Owner, spec: ModelDeploymentSpec, plan: CapacityPlan, options: RenderOptions
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    plan: CapacityPlan,
+    options: RenderOptions,
+    model_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child of a feasible plan in a fixed order: workloads, Services, PDBs, extras."""
+    """Every child of a feasible plan in a fixed order: workloads, Services, PDBs, extras.
+
+    `model_bytes`: the checkpoint's weight bytes, which size the startup budget, host memory and
+    disk. None: the built-in catalog's figure for `spec.model.name` (podspec.model_weight_bytes),
+    else fixed defaults. Deliberately not from a fetched config.json: a pinned plan reads no
+    config, and the pod template must not change with it."""
     if not plan.feasible:
         return []
+    if model_bytes is None:
+        model_bytes = podspec.model_weight_bytes(spec, None)
     workloads, services, pdbs = [], [], []
     for pool in plan.pools:
-        if is_multi_node(pool, spec.gpu.per_node):
-            workloads.append(render_leader_worker_set(owner, spec, pool, options))
+        multi = is_multi_node(pool, spec.gpu.per_node)
+        if multi:
+            workloads.append(render_leader_worker_set(owner, spec, pool, options, model_bytes))
         else:
-            workloads.append(render_deployment(owner, spec, pool, options))
+            workloads.append(render_deployment(owner, spec, pool, options, model_bytes))
         services.append(render_service(owner, pool))
-        pdbs.append(render_pdb(owner, pool))
+        pdbs.append(render_pdb(owner, pool, multi))
     extras = []
     if options.features.service_monitor:
         extras.append(render_service_monitor(owner))
