@@ -248,6 +248,10 @@ def test_status_schema_is_what_the_operator_writes() -> None:
         "readyReplicas", "gpusPerReplica", "maxModelLen", "minContextTokens", "maxNumSeqs",
         "kvTokensPerReplica", "kvCacheBytesPerGpu", "deploymentName", "serviceName",
         "gpuLabels", "vllmArgs", "gpuMemoryUtilization", "targetConcurrency", "concurrencyPerReplica",
+        # written by the autoscaler (kvcap.controller.scaling.pool_status)
+        "currentReplicas", "desiredReplicas", "kvTokensInUse", "kvTokensCapacity",
+        "observedKvTokensPerReplica", "capacityWaitingRequests", "preemptionsPerSecond",
+        "lastScaleTime", "decision", "autoscaler",
     }
     assert pool["kvTokensPerReplica"]["format"] == pool["kvCacheBytesPerGpu"]["format"] == "int64"
     conditions = props["conditions"]

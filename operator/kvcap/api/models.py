@@ -80,7 +80,7 @@ Quantization = Literal["None", "FP8", "AWQ", "GPTQ", "MXFP4", "NVFP4", "BitsAndB
 KvCacheDtype = Literal["Auto", "FP8", "FP8E4M3", "FP8E5M2"]
 KvMemoryPolicy = Literal["Utilization", "Bytes"]
 LongContextPolicy = Literal["Auto", "Disabled", "Required"]
-AutoscalingPolicy = Literal["Disabled", "KVHeadroom"]
+AutoscalingPolicy = Literal["Disabled", "KVHeadroom", "External"]
 
 # CamelCase API enums -> the strings `vllm serve` takes.
 QUANTIZATION_FLAG: dict[str, str | None] = {
@@ -399,7 +399,9 @@ class AutoscalingSpec(ApiModel):
 
     policy: Annotated[AutoscalingPolicy, Field(
         default="Disabled",
-        description="'Disabled' keeps planned replicas; 'KVHeadroom' scales on KV usage.",
+        description="'Disabled' keeps the planned replicas; 'KVHeadroom' lets kvcap scale each "
+        "pool on KV headroom (tokens, queue, preemptions) read from Prometheus; 'External' leaves "
+        "`replicas` out of what kvcap applies, so an HPA, KEDA or `kubectl scale` owns it.",
     )] = "Disabled"
     min_replicas: Annotated[int, Field(
         strict=True, default=1, ge=0, le=10_000,
@@ -410,16 +412,18 @@ class AutoscalingSpec(ApiModel):
     )] = 8
     target_kv_utilization_percent: Annotated[int, Field(
         strict=True, default=80, ge=1, le=100,
-        description="KV cache usage each pool is scaled to hold.",
+        description="KV demand (tokens in use, queued and still to be generated) each pool is "
+        "scaled to hold, in percent of its KV capacity.",
     )] = 80
     scale_down_delay_seconds: Annotated[int, Field(
         strict=True, default=300, ge=0, le=86_400,
-        description="How long usage must stay low before a scale-down.",
+        description="How long demand must stay low before a scale-down (one replica at a time).",
     )] = 300
     prometheus_url: Annotated[str | None, Field(
         default=None, max_length=2048, pattern=_URL_PATTERN,
-        description="Prometheus base URL ('http://prometheus.monitoring:9090'); default from the "
-        "operator's settings.",
+        description="Prometheus base URL ('http://prometheus-operated.monitoring.svc:9090'); "
+        "default from the operator's settings, which also limit the URLs allowed here "
+        "(cluster-local Services and loopback unless configured otherwise).",
     )] = None
 
     @model_validator(mode="after")

@@ -59,6 +59,7 @@ from typing import Any, Literal
 from kvcap.api import constants as kc
 
 NAN = float("nan")
+MAX_TREND_POINTS = 32  # demand points kept for the trend (the CRD allows 64)
 X, TO, GE, LE = "\u00d7", "\u2192", "\u2265", "\u2264"  # x, ->, >=, <= in messages
 
 Action = Literal["up", "down", "hold"]
@@ -450,7 +451,7 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
     window = spec.trend_window_seconds
     trend = tuple((t, d) for t, d in state.trend if now - window <= t < now)
     if complete:
-        trend = (*trend, (now, demand_now))
+        trend = (*trend, (now, demand_now))[-MAX_TREND_POINTS:]
     slope = trend_slope(trend)
     lookahead = min(max(0.0, slope * spec.startup_seconds), demand_now)
     demand = demand_now + lookahead

@@ -54,6 +54,7 @@ from kvcap.controller.conditions import (
     Check,
     Event,
     WorkloadObservation,
+    autoscaling_conditions,
     build_status,
     get_condition,
     status_changed,
@@ -279,6 +280,7 @@ class PoolScale:
 
     replicas: int | None
     status: Mapping[str, Any] = field(default_factory=dict)
+    checks: Mapping[str, Check] = field(default_factory=dict)  # MetricsAvailable, CapacityVerified
 
 
 ScaleFn = Callable[
@@ -777,6 +779,12 @@ def assess(
     )
     pin_status(status, obs.obj, decision.plan)
     _merge_pool_status(status, decision.scales)
+    status["conditions"] = autoscaling_conditions(
+        status["conditions"],
+        [s.checks for s in decision.scales.values() if s.checks],
+        generation=obs.generation,
+        now=obs.now,
+    )
     deleted = [
         Event("Normal", kc.EVENT_POOL_DELETED, f"Deleted {what}: the plan no longer has that pool")
         for what in outcome.deleted

@@ -1,0 +1,215 @@
+"""The controller side of autoscaling, on plain data: scale_pools (decide's ScaleFn), the join of
+Prometheus values to pods, the settings, the folded conditions and the scale events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kvcap.api import constants as kc
+from kvcap.api.models import ModelDeploymentSpec
+from kvcap.autoscale import policy as ap
+from kvcap.autoscale import prometheus as prom
+from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
+from kvcap.controller import autoscaler as asc
+from kvcap.controller.conditions import Check, autoscaling_conditions, transition_events
+from kvcap.controller.scaling import ObjectMetrics, PoolLive, length_model, scale_pools
+
+NOW = 1_800_000_000.0
+
+
+def pool(name: str = "default", replicas: int = 2, gpus: int = 1, kv: int = 1_000_000) -> PoolPlan:
+    return PoolPlan(
+        name=name, gpu_product="H100-80GB", gpu_labels=("NVIDIA-H100-80GB-HBM3",),
+        tensor_parallel_size=gpus, pipeline_parallel_size=1, replicas=replicas,
+        gpus_per_replica=gpus, max_model_len=8192, min_context_tokens=0, max_num_seqs=256,
+        kv_tokens_per_replica=kv, kv_bytes_per_gpu=1, gpu_memory_utilization=0.9,
+        concurrency_per_replica=200.0, target_concurrency=400, headroom_percent=10.0, vllm_args=(),
+    )
+
+
+def plan(*pools: PoolPlan) -> CapacityPlan:
+    return CapacityPlan(True, "PlanFits", "ok", "m", pools=pools or (pool(),))
+
+
+def spec(policy: str = "KVHeadroom", **auto: Any) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate({
+        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "workload": {"maxContextTokens": 8192, "targetConcurrency": 400},
+        "gpu": auto.pop("gpu", {}),
+        "autoscaling": {"policy": policy, "minReplicas": 1, "maxReplicas": 6,
+                        "targetKvUtilizationPercent": 75, "scaleDownDelaySeconds": 60, **auto},
+    })
+
+
+def sample(name: str, usage: float, ready: bool = True, **kw: Any) -> ap.PodSample:
+    return ap.PodSample(name=name, ready=ready, kv_usage=usage, running=10.0, waiting=0.0,
+                        sample_time=NOW, **kw)
+
+
+def live(replicas: int, usage: float, **kw: Any) -> ObjectMetrics:
+    pods = tuple(sample(f"p{i}", usage, **kw) for i in range(replicas))
+    return ObjectMetrics(now=NOW, error=None, pools={"default": PoolLive(replicas, pods)})
+
+
+def test_disabled_changes_nothing() -> None:
+    assert scale_pools(spec("Disabled"), plan(), live(2, 0.99), {}) == {}
+
+
+def test_kv_headroom_scales_up_with_the_sentence_in_status() -> None:
+    out = scale_pools(spec(), plan(), live(2, 0.95), {})["default"]
+    assert out.replicas == 3
+    assert out.status["desiredReplicas"] == 3 and out.status["currentReplicas"] == 2
+    assert out.status["decision"].startswith("KV demand ")
+    assert out.status["decision"].endswith("→ 3 replicas")
+    assert out.status["kvTokensInUse"] == 1_900_000
+    assert out.status["lastScaleTime"] == "2027-01-15T08:00:00Z"
+    assert out.checks[kc.METRICS_AVAILABLE] == Check("True", kc.METRICS_CURRENT, out.checks[kc.METRICS_AVAILABLE].message)
+
+
+def test_state_round_trips_through_status() -> None:
+    first = scale_pools(spec(), plan(), live(3, 0.05), {})["default"]
+    assert first.replicas == 3 and first.status["autoscaler"]["lowSince"] == NOW
+    stored = {"plan": {"pools": [{"name": "default", **first.status}]}}
+    later = ObjectMetrics(now=NOW + 61, error=None, pools={"default": PoolLive(3, tuple(
+        ap.PodSample(name=f"p{i}", ready=True, kv_usage=0.05, running=1.0, waiting=0.0, sample_time=NOW + 61)
+        for i in range(3)))})
+    second = scale_pools(spec(), plan(), later, stored)["default"]
+    assert second.replicas == 2, second.status["decision"]
+
+
+def test_external_leaves_replicas_out_but_reports() -> None:
+    out = scale_pools(spec("External"), plan(), live(5, 0.95), {})["default"]
+    assert out.replicas is None
+    assert out.status["replicas"] == 5 and out.status["desiredReplicas"] == 6
+
+
+def test_prometheus_down_holds_and_says_so() -> None:
+    metrics = ObjectMetrics(now=NOW, error="connection failed", pools={"default": PoolLive(4, ())})
+    out = scale_pools(spec(), plan(), metrics, {})["default"]
+    assert out.replicas == 4
+    assert out.checks[kc.METRICS_AVAILABLE].reason == kc.PROMETHEUS_UNAVAILABLE
+
+
+def test_no_metrics_object_holds() -> None:
+    out = scale_pools(spec(), plan(pool(replicas=9)), None, {})["default"]
+    assert out.replicas == 6  # no workload yet: the planned 9, within maxReplicas
+    assert out.checks[kc.METRICS_AVAILABLE].status == "False"
+
+
+def test_gpu_budget_counts_the_other_pools() -> None:
+    two = plan(pool("default", gpus=4), pool("long", gpus=4))
+    metrics = ObjectMetrics(now=NOW, error=None, pools={
+        "default": PoolLive(2, tuple(sample(f"d{i}", 1.0, waiting_capacity=5.0) for i in range(2))),
+        "long": PoolLive(1, (sample("l0", 0.5),)),
+    })
+    out = scale_pools(spec(gpu={"maxTotal": 12}), two, metrics, {})
+    assert out["default"].replicas == 2  # 12 GPUs - 4 for 'long' = 8 = 2 x 4
+    assert "limit is 2" in out["default"].status["decision"]
+
+
+def test_capacity_mismatch_check_and_observed_figure() -> None:
+    out = scale_pools(spec(), plan(), live(2, 0.5, kv_capacity_tokens=600_000.0), {})["default"]
+    check = out.checks[kc.CAPACITY_VERIFIED]
+    assert (check.status, check.reason) == ("False", kc.PLAN_MISMATCH)
+    assert "600000" in check.message and "1000000" in check.message
+    assert out.status["observedKvTokensPerReplica"] == 600_000
+
+
+def test_length_model_from_plan() -> None:
+    lm = length_model(pool())
+    total = 1_000_000 * 0.9 / 200
+    assert lm.mean_prompt_tokens + lm.mean_output_tokens == pytest.approx(total)
+
+
+def k8s_pod(name: str, pool_name: str, ready: bool, role: str = kc.ROLE_SERVER, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {kc.LABEL_POOL: pool_name, kc.LABEL_ROLE: role}, **meta},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_live_pools_joins_metrics_to_serving_pods() -> None:
+    snap = prom.Snapshot(time=NOW, pods={("ns", "a"): prom.PodMetrics(kv_usage=0.5), ("other", "a"): prom.PodMetrics(kv_usage=0.9)})
+    deployment = {"kind": "Deployment", "metadata": {"labels": {kc.LABEL_POOL: "default"},
+                  "ownerReferences": [{"uid": "u1", "controller": True}]}, "spec": {"replicas": 3}}
+    foreign = {"kind": "Deployment", "metadata": {"labels": {kc.LABEL_POOL: "default"}}, "spec": {"replicas": 9}}
+    pods = [
+        k8s_pod("a", "default", True),
+        k8s_pod("b", "default", False),
+        k8s_pod("w", "default", True, role=kc.ROLE_WORKER),
+        k8s_pod("gone", "default", True, deletionTimestamp="2026-01-01T00:00:00Z"),
+    ]
+    pools = asc.live_pools(snap, "ns", "u1", [foreign, deployment], pods)
+    assert pools["default"].replicas == 3
+    assert [(s.name, s.ready, s.kv_usage) for s in pools["default"].pods][0] == ("a", True, 0.5)
+    assert [s.name for s in pools["default"].pods] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"KVCAP_PROMETHEUS_URL": "prometheus:9090"}, "http(s) URL"),
+        ({"KVCAP_PROMETHEUS_URL_PREFIXES": "thanos.example.com"}, "URL prefixes"),
+        ({"KVCAP_PROMETHEUS_RATE_WINDOW": "two minutes"}, "Prometheus duration"),
+        ({"KVCAP_AUTOSCALE_INTERVAL_SECONDS": "0.1"}, "at least 0.5"),
+    ],
+)
+def test_settings_errors(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(asc.AutoscaleSettingsError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        asc.parse_autoscale_settings(env)
+
+
+def test_settings_prefixes() -> None:
+    assert asc.parse_autoscale_settings({}).url_prefixes is None
+    assert asc.parse_autoscale_settings({"KVCAP_PROMETHEUS_URL_PREFIXES": "None"}).url_prefixes == ()
+    got = asc.parse_autoscale_settings({"KVCAP_PROMETHEUS_URL_PREFIXES": "https://a.example/, http://b:9090"})
+    assert got.url_prefixes == ("https://a.example/", "http://b:9090")
+
+
+def test_resolve_url_rejects_outside_the_allowlist() -> None:
+    settings = asc.parse_autoscale_settings({})
+    url, why = asc.resolve_url(settings, spec(prometheusUrl="http://169.254.169.254/"))
+    assert url == "http://169.254.169.254/" and why is not None and "not allowed" in why
+    assert asc.resolve_url(settings, spec()) == (settings.prometheus_url, None)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_conditions_fold_worst_pool_and_vanish_when_disabled() -> None:
+    ok = {kc.METRICS_AVAILABLE: Check("True", kc.METRICS_CURRENT, "a fine"),
+          kc.CAPACITY_VERIFIED: Check("Unknown", kc.CAPACITY_NOT_REPORTED, "no report")}
+    bad = {kc.METRICS_AVAILABLE: Check("False", kc.METRICS_STALE, "b stale"),
+           kc.CAPACITY_VERIFIED: Check("False", kc.PLAN_MISMATCH, "b mismatch")}
+    conds = autoscaling_conditions([{"type": kc.READY, "status": "True"}], [ok, bad], generation=3, now=T0)
+    by = {c["type"]: c for c in conds}
+    assert (by[kc.METRICS_AVAILABLE]["status"], by[kc.METRICS_AVAILABLE]["reason"]) == ("False", kc.METRICS_STALE)
+    assert by[kc.CAPACITY_VERIFIED]["reason"] == kc.PLAN_MISMATCH
+    assert [c["type"] for c in conds] == [kc.READY, kc.METRICS_AVAILABLE, kc.CAPACITY_VERIFIED]
+    assert [c["type"] for c in autoscaling_conditions(conds, [], generation=3, now=T0)] == [kc.READY]
+
+
+def status_with(replicas: int, decision: str | None, conds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": "default", "replicas": replicas, "gpuProduct": "H100-80GB",
+                             "tensorParallelSize": 1, "pipelineParallelSize": 1, "maxModelLen": 8192,
+                             "minContextTokens": 0, "maxNumSeqs": 256, "gpusPerReplica": 1}
+    if decision:
+        entry["decision"] = decision
+    return {"replicas": replicas, "plan": {"feasible": True, "pools": [entry]}, "conditions": conds or []}
+
+
+def test_scale_event_carries_the_decision() -> None:
+    events = transition_events(status_with(2, "x"), status_with(3, "KV demand 1.91M tokens > 75 % of 2 × 1.27M → 3 replicas"))
+    scaled = [e for e in events if e.reason == kc.EVENT_SCALED_UP]
+    assert len(scaled) == 1
+    assert scaled[0].message == "Pool 'default' 2 -> 3: KV demand 1.91M tokens > 75 % of 2 × 1.27M → 3 replicas"
+
+
+def test_plan_mismatch_event_once() -> None:
+    mismatch = [{"type": kc.CAPACITY_VERIFIED, "status": "False", "reason": kc.PLAN_MISMATCH, "message": "600000 vs 1000000"}]
+    events = transition_events(status_with(2, None), status_with(2, None, mismatch))
+    assert [e.reason for e in events] == [kc.EVENT_PLAN_MISMATCH]
+    assert transition_events(status_with(2, None, mismatch), status_with(2, None, mismatch)) == []
