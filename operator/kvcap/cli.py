@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _hub_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-hub", action="store_true",
                    help="fetch config.json from the Hugging Face Hub when MODEL is not in the catalog")
-    p.add_argument("--hf-token", help="Hugging Face token (default $HF_TOKEN)")
+    p.add_argument("--hf-token", default=os.environ.get("HF_TOKEN") or None,
+                   help="Hugging Face token (default $HF_TOKEN)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
 
 

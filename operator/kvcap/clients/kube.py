@@ -111,6 +111,15 @@ def _ssl_context(cfg: k8s_client.Configuration) -> ssl.SSLContext | bool:
     return context
 
 
+
+def _utf8(data: bytes, kind: str, name: str, key: str) -> str:
+    """`data` as text; a ValueError that names the key but never quotes the bytes (a Secret's value
+    must not reach status, events or logs, not even the one byte a UnicodeDecodeError shows)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{kind} '{name}' key '{key}' is not UTF-8 text") from None
+
 class Kube:
     """One aiohttp session against one API server."""
 
@@ -263,10 +272,10 @@ class Kube:
             return None
         if kind == "Secret":
             raw = (obj.get("data") or {}).get(key)
-            return None if raw is None else base64.b64decode(raw).decode()
+            return None if raw is None else _utf8(base64.b64decode(raw), kind, name, key)
         value = (obj.get("data") or {}).get(key)
         if value is None and key in (obj.get("binaryData") or {}):
-            value = base64.b64decode(obj["binaryData"][key]).decode()
+            value = _utf8(base64.b64decode(obj["binaryData"][key]), kind, name, key)
         return value
 
     async def post_event(
