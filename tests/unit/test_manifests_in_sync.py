@@ -109,7 +109,7 @@ def test_rbac_covers_every_kind_the_operator_touches() -> None:
 
 
 def deployment() -> dict[str, Any]:
-    (dep,) = docs("deployment.yaml")
+    (dep,) = [d for d in docs("deployment.yaml") if d["kind"] == "Deployment"]
     return dep
 
 
@@ -127,7 +127,16 @@ def test_chart_sets_only_settings_the_operator_reads() -> None:
 def test_operator_deployment_is_hardened() -> None:
     dep = deployment()
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # two replicas, one leading through a Lease; a rolling update hands over without a gap
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["KVCAP_LEADER_ELECTION"]["value"] == "Enabled"
+    assert env["KVCAP_LEADER_ELECTION_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace")
+    (pdb,) = [d for d in docs("deployment.yaml") if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == spec["selector"]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -145,7 +154,7 @@ def test_operator_deployment_is_hardened() -> None:
 
 
 # Values whose children are chart settings (commented one by one); others hold Kubernetes objects.
-CHART_SECTIONS = ("image", "serviceAccount", "rbac")
+CHART_SECTIONS = ("image", "serviceAccount", "rbac", "leaderElection")
 
 
 def test_every_value_is_commented_with_its_name() -> None:

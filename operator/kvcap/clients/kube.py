@@ -14,7 +14,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -32,6 +32,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
 }
 for _api in (
     kc.SERVICE_MONITOR_API,
@@ -111,6 +112,18 @@ def _ssl_context(cfg: k8s_client.Configuration) -> ssl.SSLContext | bool:
     return context
 
 
+def _watch_event(line: bytes) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(line)
+    if event.get("type") == "ERROR":
+        status = event.get("object") or {}
+        raise ApiError(
+            int(status.get("code") or 500),
+            str(status.get("reason") or "Error"),
+            str(status.get("message") or ""),
+        )
+    return event
+
+
 
 def _utf8(data: bytes, kind: str, name: str, key: str) -> str:
     """`data` as text; a ValueError that names the key but never quotes the bytes (a Secret's value
@@ -124,18 +137,29 @@ class Kube:
     """One aiohttp session against one API server."""
 
     def __init__(
-        self, cfg: k8s_client.Configuration, *, discovery_ttl: float = 60.0, timeout: float = 30.0
+        self,
+        cfg: k8s_client.Configuration,
+        *,
+        discovery_ttl: float = 60.0,
+        timeout: float = 30.0,
+        connections: int = 32,
     ) -> None:
         self._cfg = cfg
         self._host = cfg.host.rstrip("/")
         self._discovery_ttl = discovery_ttl
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # No total timeout: under load a request may wait for a pooled connection (the callers
+        # bound their concurrency); connecting and each read get `timeout`.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=min(10.0, timeout), sock_read=timeout
+        )
+        self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self.requests = 0  # requests sent (the scale benchmark reads it)
 
     @classmethod
-    def from_environment(cls, *, discovery_ttl: float = 60.0) -> Kube:
-        return cls(_load_configuration(), discovery_ttl=discovery_ttl)
+    def from_environment(cls, *, discovery_ttl: float = 60.0, timeout: float = 30.0) -> Kube:
+        return cls(_load_configuration(), discovery_ttl=discovery_ttl, timeout=timeout)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -144,6 +168,12 @@ class Kube:
             # aiohttp closes TLS transports a moment after close() returns; let them go before
             # the loop does (else: "unclosed transport" ResourceWarnings at interpreter exit).
             await asyncio.sleep(0.25)
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=_ssl_context(self._cfg), limit=self._connections)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "kvcap-operator"}
@@ -161,16 +191,15 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=_ssl_context(self._cfg), limit=16)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        session = self._ensure_session()
+        self.requests += 1
         headers = self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
         try:
-            async with self._session.request(
+            async with session.request(
                 method, self._host + path, params=params, data=data, headers=headers
             ) as response:
                 text = await response.text()
@@ -207,16 +236,82 @@ class Kube:
         namespace: str | None,
         labels: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector(labels)} if labels else None
-        result = await self._request(
-            "GET", resource_path(api_version, plural, namespace), params=params
-        )
-        items: list[dict[str, Any]] = result.get("items") or []
-        kind = result.get("kind", "").removesuffix("List")
-        for item in items:  # list items lack apiVersion/kind
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
+        items, _ = await self.list_with_version(api_version, plural, namespace, labels)
         return items
+
+    async def list_with_version(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        labels: Mapping[str, str] | str | None = None,
+        *,
+        page: int = 500,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every item, fetched in pages of `page` (continue tokens), and the list's
+        resourceVersion (to watch from)."""
+        params: dict[str, str] = {"limit": str(page)}
+        if labels:
+            params["labelSelector"] = labels if isinstance(labels, str) else label_selector(labels)
+        items: list[dict[str, Any]] = []
+        while True:
+            result = await self._request(
+                "GET", resource_path(api_version, plural, namespace), params=params
+            )
+            chunk: list[dict[str, Any]] = result.get("items") or []
+            kind = result.get("kind", "").removesuffix("List")
+            for item in chunk:  # list items lack apiVersion/kind
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+            items.extend(chunk)
+            meta = result.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion") or "")
+            params["continue"] = meta["continue"]
+
+    async def watch(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        *,
+        labels: str | None,
+        resource_version: str,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events ({"type": ..., "object": ...}) from `resource_version` until the server
+        ends the stream (after about `timeout_seconds`). Bookmarks are asked for and yielded. A
+        410 Gone (too old a resourceVersion) raises ApiError(410): list again."""
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if labels:
+            params["labelSelector"] = labels
+        session = self._ensure_session()
+        self.requests += 1
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10.0, sock_read=timeout_seconds + 30.0
+        )
+        path = resource_path(api_version, plural, namespace)
+        try:
+            async with session.get(
+                self._host + path, params=params, headers=self._headers(), timeout=timeout
+            ) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    raise ApiError(response.status, response.reason or "", text[:500])
+                buffer = b""
+                async for chunk in response.content.iter_any():  # lines may be long (Nodes)
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield _watch_event(line)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise ApiError(0, "ConnectionFailed", f"watch {path}: {err!r}") from err
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply with field manager 'kvcap', force=true."""
@@ -256,12 +351,24 @@ class Kube:
         return True
 
     async def patch_status(
-        self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
+        """Merge-patch the status subresource. With `resource_version`, the write is conditional:
+        the API server answers 409 Conflict when the object changed since it was read."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self._request(
             "PATCH",
             resource_path(api_version, plural, namespace, name, "status"),
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
         )
 
@@ -335,3 +442,34 @@ class Kube:
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         return await self.list_objects("v1", "nodes", None)
+
+    # --- leases (leader election) ---
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.get("coordination.k8s.io/v1", "leases", namespace, name)
+
+    async def create_lease(
+        self, namespace: str, name: str, spec: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": dict(spec),
+        }
+        return await self._request(
+            "POST", resource_path("coordination.k8s.io/v1", "leases", namespace), body=body
+        )
+
+    async def patch_lease(
+        self, lease: Mapping[str, Any], spec: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch a Lease's spec, conditional on the resourceVersion it was read at: 409
+        Conflict if someone else wrote it since (a None value removes the field)."""
+        meta = lease["metadata"]
+        return await self._request(
+            "PATCH",
+            resource_path("coordination.k8s.io/v1", "leases", meta["namespace"], meta["name"]),
+            body={"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": dict(spec)},
+            content_type="application/merge-patch+json",
+        )

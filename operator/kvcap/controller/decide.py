@@ -68,6 +68,7 @@ from kvcap.controller.render import (
     is_multi_node,
     nodes_per_replica,
     render_children,
+    spec_hash,
 )
 
 Trigger = Literal["change", "resync"]
@@ -683,6 +684,34 @@ def pin_status(status: dict[str, Any], obj: Mapping[str, Any], plan: CapacityPla
         entry["concurrencyPerReplica"] = round(pool.concurrency_per_replica, 3)
 
 
+APPLIED_HASH_ANNOTATION = f"{kc.ANNOTATION_PREFIX}/applied-hash"
+
+
+def stamp_applied_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `obj` annotated with the hash of everything kvcap applies: when a child already
+    carries the same value (and nobody changed it since), act skips the apply."""
+    meta = dict(obj["metadata"])
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k != APPLIED_HASH_ANNOTATION
+    }
+    digest = spec_hash({**obj, "metadata": {**meta, "annotations": annotations}})
+    meta["annotations"] = {**annotations, APPLIED_HASH_ANNOTATION: digest}
+    return {**obj, "metadata": meta}
+
+
+def applied_hash(obj: Mapping[str, Any]) -> str | None:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(APPLIED_HASH_ANNOTATION)
+    return str(value) if value else None
+
+
+def change_marker(obj: Mapping[str, Any]) -> str:
+    """What moves when anyone changes a child's spec: metadata.generation where the kind has one,
+    else the resourceVersion."""
+    meta = obj.get("metadata") or {}
+    return f"g{meta['generation']}" if meta.get("generation") else f"r{meta.get('resourceVersion')}"
+
+
 def decide(obs: Observation, policy: Policy) -> Decision:
     """Plan and render: the children this ModelDeployment should have, or why none are touched."""
     spec, invalid = parse_spec(obs.obj)
@@ -728,6 +757,7 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     desired = render_children(obs.owner, spec, runnable, policy.render)
     if external:
         desired = [_drop_replicas(o, external) for o in desired]
+    desired = [stamp_applied_hash(o) for o in desired]
     return Decision(spec, plan, planned, "apply", desired=tuple(desired), scales=scales)
 
 
@@ -805,7 +835,9 @@ __all__ = [
     "PoolRuntime",
     "PoolScale",
     "Report",
+    "applied_hash",
     "assess",
+    "change_marker",
     "check_multi_node",
     "check_schedulable",
     "cluster_gpus",

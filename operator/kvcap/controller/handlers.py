@@ -1,16 +1,21 @@
-"""kopf handlers: decorators only. Every handler parses its input and calls one function.
+"""kopf handlers: decorators only. Every handler feeds the controller loop in `reconcile.py`.
 
-Create, update and resume go through the level-based `kvcap.controller.reconcile.reconcile()`;
-a resync loop started at startup calls the same function every KVCAP_RESYNC_SECONDS for every ModelDeployment in
-the `model_deployments` index (not a kopf timer: kopf puts a finalizer on objects that have timers,
-and nothing here needs one — children go by ownerReference garbage collection). Handlers return None
-so kopf writes nothing into `status`.
+kopf here is the watch machinery: it lists and watches ModelDeployments, the owned children
+(Deployments, Services, PodDisruptionBudgets, filtered server-side on
+`app.kubernetes.io/managed-by=kvcap`) and their pods, in the watched namespaces, and picks up the
+ModelDeployment CRD when it is created after the operator started. Every watch event goes to a
+cheap coroutine that updates a shared view and queues the owner; a fixed number of workers
+reconcile the queue (`reconcile.work`). Only watch-event handlers are used: kopf writes nothing
+onto the objects (no progress annotations, no finalizers), and children go by ownerReference
+garbage collection.
+
+The GPU inventory is one list+watch of the GPU-labelled Nodes (`runtime.reflect_nodes`), started
+here; a resync queues every object every KVCAP_RESYNC_SECONDS as a safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -19,17 +24,22 @@ import kopf
 from kvcap import GROUP, PLURAL, VERSION
 from kvcap.api import constants as kc
 from kvcap.clients.kube import Kube
-from kvcap.controller.reconcile import OperatorContext, reconcile, resync_forever
+from kvcap.controller import reconcile as rc
+from kvcap.controller.runtime import ChildView, NodeView, cancel, reflect_nodes
 from kvcap.controller.settings import load_settings
 
+MANAGED = {kc.LABEL_MANAGED_BY: kc.MANAGED_BY}
+MANAGED_SELECTOR = f"{kc.LABEL_MANAGED_BY}={kc.MANAGED_BY}"
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("", "v1", "pods"),
+)
 
-@kopf.index(GROUP, VERSION, PLURAL)
-def model_deployments(namespace: str | None, name: str, uid: str, **_: Any) -> dict[Any, str]:
-    return {(namespace, name): uid}
 
-
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf settings that are part of kvcap's contract (tested)."""
     settings.persistence.finalizer = kc.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=kc.ANNOTATION_PREFIX
@@ -37,34 +47,65 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=kc.ANNOTATION_PREFIX, key="last-handled-configuration"
     )
-    settings.peering.standalone = True
-    settings.posting.level = (
-        logging.INFO
-    )  # only explicit kopf.event() calls (posting.loggers=False)
+    settings.peering.standalone = True  # one active replica: the Lease elector (leader.py)
+    # Events: only kvcap's own transition events (reconcile.py posts them). kopf must not turn
+    # log lines into Events (kopf >= 1.41 has the switch; older versions post every INFO line).
+    settings.posting.loggers = False
+    settings.posting.level = logging.WARNING
+    for group, version, plural in CHILD_RESOURCES:  # server-side filtering of the child watches
+        key = (group, version, plural) if group else (version, plural)
+        settings.watching.label_selectors[key] = MANAGED_SELECTOR
+    settings.watching.server_timeout = 300  # watch streams are renewed every 5 min
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_kopf(settings)
+    # kopf logs every successful watch-event handler at INFO: one line per child/pod event.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     options = load_settings()  # at startup, not import: the environment is final by now
-    memo.ctx = OperatorContext(
-        kube=Kube.from_environment(discovery_ttl=options.discovery_ttl_seconds), settings=options
+    ctx = rc.OperatorContext(
+        kube=Kube.from_environment(
+            discovery_ttl=options.discovery_ttl_seconds, timeout=options.request_timeout_seconds
+        ),
+        settings=options,
+        nodes=NodeView() if options.node_inventory else None,
+        children=ChildView(),
     )
-    # kopf passes every index to every handler as a kwarg named after it (live, filled later)
-    memo.resync = asyncio.create_task(resync_forever(memo.ctx, kwargs["model_deployments"]))
+    memo.ctx = ctx
+    tasks = [asyncio.create_task(rc.work(ctx)) for _ in range(options.workers)]
+    tasks.append(asyncio.create_task(rc.resync_forever(ctx)))
+    tasks.append(asyncio.create_task(rc.report_stats(ctx)))
+    if ctx.nodes is not None:
+        tasks.append(
+            asyncio.create_task(
+                reflect_nodes(ctx.kube, ctx.nodes, lambda: rc.inventory_changed(ctx))
+            )
+        )
+    memo.tasks = tasks
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    task = getattr(memo, "resync", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for task in getattr(memo, "tasks", ()):
+        await cancel(task)
     ctx = getattr(memo, "ctx", None)
     if ctx is not None:
         await ctx.kube.close()
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-async def reconcile_fn(
-    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def model_deployment_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    await reconcile(body, patch=patch, logger=logger, ctx=memo.ctx, trigger="change")
+    rc.track(memo.ctx, event.get("type"), body)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    rc.child_changed(memo.ctx, event.get("type"), dict(body))

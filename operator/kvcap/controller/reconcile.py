@@ -1,31 +1,40 @@
-"""The imperative shell of one reconcile: observe -> decide -> act -> assess -> report.
+"""The imperative shell: observe -> decide -> act -> assess -> report, and the controller loop.
 
-Create, update, resume and the periodic resync all call `reconcile()`, which converges the
-children and the status to the same result from whatever state it finds. The decisions are pure
-and live in `kvcap.controller.decide` (its docstring describes the pipeline and its extension
-points); this module only does the I/O around them through `kvcap.clients.kube.Kube`:
+Every reconcile of a ModelDeployment is the same pipeline, whatever started it (a watch event of
+the object, of one of its children or pods, a change of the GPU inventory, the periodic resync):
 
-* `observe()` reads the object, its owned children (and their pods when some are not ready), the
-  model config, the GPU inventory and the API features into a `decide.Observation`;
-* `decide.decide()` plans and renders (in a worker thread: the planner may be CPU-heavy);
-* `act()` applies the desired children and deletes stale owned ones -> `decide.ActOutcome`;
+* `observe()` reads the object afresh, its owned children (and their pods when some are not
+  ready), the model config (only to re-plan), the GPU inventory and the API features into a
+  `decide.Observation`; children, pods and Nodes come from shared views (`runtime.py`), not from
+  per-object listings;
+* `decide.decide()` keeps the pinned plan or plans again, and renders the children;
+* `act()` applies what changed (children whose applied-hash and generation are as we left them
+  are skipped) and deletes stale owned children -> `decide.ActOutcome`;
 * `decide.assess()` computes the status, the events and the failure -> `decide.Report`;
-* `report()` writes the status and posts the events; the failure is raised as a kopf error.
+* the status is written under the object's lock with a resourceVersion precondition (so a status
+  computed from an older generation never lands over a newer one: observedGeneration never goes
+  backwards), then the transition events are posted.
 
-Error policy (kopf `errors.rst`): an invalid spec sets CapacityPlanned=False/InvalidSpec and raises
-kopf.PermanentError (only on change events; the resync loop skips such objects until the spec
-changes); an infeasible plan is reported in status and, on change events, ends in PermanentError
-too; transient API failures raise kopf.TemporaryError(delay=settings.retry_delay_seconds).
+`track()`, `child_changed()` and `inventory_changed()` turn watch events into keys of a
+deduplicating `WorkQueue`; `work()` workers (a fixed number) drain it, `resync_forever()` queues
+everything every few minutes. Decisions are pure and live in `kvcap.controller.decide` (its
+docstring lists the extension points for the autoscaler and the pod-failure classifier).
+
+Error policy (kopf `errors.rst`): an invalid spec sets CapacityPlanned=False/InvalidSpec and is a
+permanent failure on change (the resync skips it until the spec changes); an infeasible plan is
+reported in status; transient API failures are retried after settings.retry_delay_seconds.
 Nothing a user writes into a spec can crash-loop the operator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +57,18 @@ from kvcap.controller.conditions import (
 from kvcap.controller.decide import (
     ActOutcome,
     ChildDiff,
+    ClassifyFn,
     Decision,
     Failure,
     ModelConfig,
     Observation,
     PlanFn,
     Policy,
-    Report,
+    ScaleFn,
     Trigger,
+    applied_hash,
     assess,
+    change_marker,
     check_multi_node,
     check_schedulable,
     cluster_gpus,
@@ -73,32 +85,74 @@ from kvcap.controller.decide import (
     parse_model_config,
     parse_spec,
     pods_needed,
+    replan_token,
     skip_resync,
     unschedulable_pods,
 )
 from kvcap.controller.render import Features, Owner, RenderOptions, child_key, owner_selector
+from kvcap.controller.runtime import Backoff, ChildView, Key, NodeView, TtlLru, WorkQueue
 from kvcap.controller.settings import Settings
 
 HUB_CACHE_SECONDS = 3600.0  # a fetched config.json is reused this long
 HUB_MISS_SECONDS = 300.0  # a definite answer (404, not a config) is not asked again sooner
+HUB_CACHE_ENTRIES = 256  # distinct (model, revision, token) configs kept
+APPLIED_MEMORY_SECONDS = 86400.0
+STATUS_ATTEMPTS = 3  # a status write that conflicts re-reads and reconciles again, this often
 
 Logger = logging.Logger | logging.LoggerAdapter[Any] | kopf.Logger
+MetricsFn = Callable[[Mapping[str, Any], ModelDeploymentSpec], Awaitable[object | None]]
+_logger = logging.getLogger("kvcap.reconcile")
+
+
+class StatusConflictError(Exception):
+    """The object changed between our read and our status write (409): read and decide again."""
+
+
+@dataclass
+class Tracked:
+    """A ModelDeployment the operator has seen: what makes a change worth a reconcile."""
+
+    uid: str
+    signature: tuple[Any, ...]
 
 
 @dataclass
 class OperatorContext:
-    """Long-lived state kept in kopf's memo."""
+    """Long-lived state kept in kopf's memo: the client, settings, shared views, queue, caches."""
 
     kube: Kube
     settings: Settings
     plan_fn: PlanFn | None = None  # tests inject one; None: capacity.planner.plan_deployment
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    hub_cache: dict[tuple[str, str | None, str], tuple[float, dict[str, Any] | KvcapError]] = field(
-        default_factory=dict
+    scale: ScaleFn | None = None  # extension point (a), see kvcap.controller.decide
+    metrics: MetricsFn | None = None  # extension point (a): a per-object metrics snapshot
+    classify: ClassifyFn | None = None  # extension point (b)
+    nodes: NodeView | None = None  # None: Nodes are listed per reconcile (tests, no watch)
+    children: ChildView | None = None  # None: children are listed per reconcile
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    tracked: dict[Key, Tracked] = field(default_factory=dict)
+    by_label: dict[Key, Key] = field(default_factory=dict)  # (ns, owner label) -> (ns, name)
+    hub_cache: TtlLru[tuple[str, str | None, str], dict[str, Any] | KvcapError] = field(
+        default_factory=lambda: TtlLru(HUB_CACHE_ENTRIES)
     )
+    hub_backoff: Backoff = field(default_factory=Backoff)
+    hub_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    applied: TtlLru[str, tuple[str, str]] = field(default_factory=lambda: TtlLru(100_000))
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
-    def lock(self, uid: str) -> asyncio.Lock:
-        return self.locks.setdefault(uid, asyncio.Lock())
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: Key) -> None:
+        """The object is gone: drop its lock, its queued work and its view entries."""
+        lock = self.locks.get(key)
+        if lock is not None and not lock.locked():
+            del self.locks[key]
+        self.tracked.pop(key, None)
+        self.by_label.pop((key[0], owner_label(key[1])), None)
+        self.queue.forget(key)
+        if self.children is not None:
+            self.children.forget((key[0], owner_label(key[1])))
 
     def policy(self, features: Features) -> Policy:
         settings = self.settings
@@ -111,8 +165,14 @@ class OperatorContext:
                 epp_port=settings.epp_port,
             ),
             plan_fn=self.plan_fn,
+            scale=self.scale,
+            classify=self.classify,
             retry_delay_seconds=settings.retry_delay_seconds,
         )
+
+
+def owner_label(name: str) -> str:
+    return owner_selector(name)[kc.LABEL_MODEL_DEPLOYMENT]
 
 
 def _transient(err: ApiError, settings: Settings, what: str) -> kopf.TemporaryError:
@@ -144,12 +204,19 @@ async def discover_features(kube: Kube) -> Features:
 
 
 async def read_inventory(
-    kube: Kube, settings: Settings, resource_name: str, logger: Logger
+    ctx: OperatorContext, resource_name: str, logger: Logger
 ) -> dict[str, list[int]] | None:
-    if not settings.node_inventory:
+    """The GPU inventory: from the shared Node view when it runs, else one listing."""
+    if not ctx.settings.node_inventory:
         return None
+    view = ctx.nodes
+    if view is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(view.synced.wait(), timeout=30.0)
+        if view.synced.is_set():
+            return None if view.forbidden else view.inventory(resource_name)
     try:
-        nodes = await kube.list_nodes()
+        nodes = await ctx.kube.list_nodes()
     except ApiError as err:
         if err.status == 403:
             logger.warning(
@@ -188,24 +255,27 @@ async def load_model_config(
     digest = hashlib.sha256((token or "").encode()).hexdigest()[:16]
     key = (spec.model.name, spec.model.revision, digest)
     cached = ctx.hub_cache.get(key)
+    if isinstance(cached, KvcapError):
+        raise cached
     if cached is not None:
-        age, value = time.monotonic() - cached[0], cached[1]
-        if isinstance(value, KvcapError) and age < HUB_MISS_SECONDS:
-            raise value
-        if isinstance(value, dict) and age < HUB_CACHE_SECONDS:
-            return value
-    try:
-        config = await asyncio.to_thread(
-            fetch_config,
-            spec.model.name,
-            token=token,
-            revision=spec.model.revision,
-            endpoint=ctx.settings.hf_endpoint,
-        )
-    except (ModelNotFound, InvalidModelConfig) as err:  # definite; HubError is retried
-        ctx.hub_cache[key] = (time.monotonic(), err)
-        raise
-    ctx.hub_cache[key] = (time.monotonic(), config)
+        return cached
+    async with ctx.hub_limit:  # a few fetches at a time, whatever the number of objects
+        try:
+            config = await asyncio.to_thread(
+                fetch_config,
+                spec.model.name,
+                token=token,
+                revision=spec.model.revision,
+                endpoint=ctx.settings.hf_endpoint,
+            )
+        except (ModelNotFound, InvalidModelConfig) as err:  # a definite answer
+            ctx.hub_cache.put(key, err, HUB_MISS_SECONDS)
+            raise
+        except KvcapError as err:  # HubError: unreachable; asked again after 1, 2, 4... min
+            ctx.hub_cache.put(key, err, ctx.hub_backoff.next_delay(key))
+            raise
+    ctx.hub_backoff.reset(key)
+    ctx.hub_cache.put(key, config, HUB_CACHE_SECONDS)
     return config
 
 
@@ -226,37 +296,60 @@ async def read_model_config(
         return ModelConfig(error=Check("False", str(reason), str(getattr(err, "message", err))))
 
 
+CORE_KINDS = frozenset({"deployments", "services", "poddisruptionbudgets"})  # in ChildView
+
+
 async def list_children(
-    kube: Kube, namespace: str, owner_name: str, features: Features
-) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = []
+    ctx: OperatorContext, namespace: str, owner_name: str, features: Features
+) -> list[Mapping[str, Any]]:
+    """The children labelled as this owner's: the core kinds from the shared view once it has
+    seen any, optional kinds (and everything without a view) listed."""
+    viewed: list[Mapping[str, Any]] = []
+    if ctx.children is not None:
+        viewed = ctx.children.children_of((namespace, owner_label(owner_name)))
+    listed: list[Mapping[str, Any]] = list(viewed)
     for api_version, plural in desired_features(features):
+        if viewed and plural in CORE_KINDS:
+            continue
         listed.extend(
-            await kube.list_objects(api_version, plural, namespace, owner_selector(owner_name))
+            await ctx.kube.list_objects(api_version, plural, namespace, owner_selector(owner_name))
         )
     return listed
 
 
+async def read_pods(
+    ctx: OperatorContext, namespace: str, owner_name: str, owned: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    if not pods_needed(owned):
+        return []
+    if ctx.children is not None:
+        return ctx.children.pods_of((namespace, owner_label(owner_name)))
+    return list(await ctx.kube.list_objects("v1", "pods", namespace, owner_selector(owner_name)))
+
+
 async def observe(ctx: OperatorContext, obj: Mapping[str, Any], logger: Logger) -> Observation:
     """Read everything decide needs. Raises ApiError on API failures."""
-    kube, settings = ctx.kube, ctx.settings
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     now = now_utc()
     spec, _ = parse_spec(obj)
     if spec is None:  # nothing to read: decide reports the invalid spec
         return Observation(obj, Features(), None, ModelConfig(), (), (), now)
-    features = await discover_features(kube)
-    inventory = await read_inventory(kube, settings, spec.gpu.resource_name, logger)
+    features = await discover_features(ctx.kube)
+    inventory = await read_inventory(ctx, spec.gpu.resource_name, logger)
     # A pinned plan needs no model config: the Hub and ConfigMaps are read only to re-plan.
     model_config = (
         await read_model_config(ctx, namespace, spec) if needs_replan(obj) else ModelConfig()
     )
-    children = await list_children(kube, namespace, name, features)
+    children = await list_children(ctx, namespace, name, features)
     owned = [c for c in children if is_controlled_by(c, meta["uid"])]
-    pods: list[dict[str, Any]] = []
-    if pods_needed(owned):
-        pods = await kube.list_objects("v1", "pods", namespace, owner_selector(name))
+    pods = await read_pods(ctx, namespace, name, owned)
+    metrics: object | None = None
+    if ctx.metrics is not None:
+        try:
+            metrics = await ctx.metrics(obj, spec)
+        except Exception as err:  # metrics are advisory: never fail a reconcile on them
+            logger.debug("No metrics for %s/%s: %s", namespace, name, err)
     return Observation(
         obj=obj,
         features=features,
@@ -265,6 +358,7 @@ async def observe(ctx: OperatorContext, obj: Mapping[str, Any], logger: Logger) 
         children=tuple(children),
         pods=tuple(pods),
         now=now,
+        metrics=metrics,
     )
 
 
@@ -280,13 +374,31 @@ class SyncResult:
     deleted: list[str]
 
 
+def unchanged(
+    desired: Mapping[str, Any], seen: Mapping[str, Any], applied: TtlLru[str, tuple[str, str]]
+) -> bool:
+    """The child already is what we would apply, and nobody touched it since we applied it."""
+    digest = applied_hash(desired)
+    uid = (seen.get("metadata") or {}).get("uid")
+    return bool(
+        digest
+        and uid
+        and applied_hash(seen) == digest
+        and applied.get(str(uid)) == (digest, change_marker(seen))
+    )
+
+
 async def sync_children(
     kube: Kube,
     owner: Owner,
     desired: Sequence[dict[str, Any]],
-    listed: Sequence[dict[str, Any]],
-    logger: logging.Logger | kopf.Logger,
+    listed: Sequence[Mapping[str, Any]],
+    logger: Logger,
+    applied: TtlLru[str, tuple[str, str]] | None = None,
 ) -> SyncResult:
+    """Apply what is desired, delete what is ours and stale. With `applied` (what this process
+    last applied, by child uid), a child whose applied-hash annotation equals the desired one and
+    whose generation has not moved since that apply is left alone (no request at all)."""
     diff = diff_children(desired, listed, owner.uid)
     conflicts = list(diff.conflicts)
     to_apply = list(diff.apply)
@@ -305,7 +417,12 @@ async def sync_children(
     objects: list[dict[str, Any]] = []
     rejected: list[str] = []
     order = {kind_name(o): i for i, o in enumerate(desired)}
+    current = {kind_name(o): o for o in listed}
     for obj in sorted(to_apply, key=lambda o: order[kind_name(o)]):
+        seen = current.get(kind_name(obj))
+        if applied is not None and seen is not None and unchanged(obj, seen, applied):
+            objects.append(dict(seen))
+            continue
         try:
             result = await kube.apply(obj)
         except ApiError as err:
@@ -314,6 +431,13 @@ async def sync_children(
             rejected.append(f"{obj['kind']} '{obj['metadata']['name']}': {err.message}")
             continue
         objects.append(result)
+        result_meta = result.get("metadata") or {}
+        if applied is not None and result_meta.get("uid"):
+            applied.put(
+                str(result_meta["uid"]),
+                (applied_hash(obj) or "", change_marker(result)),
+                APPLIED_MEMORY_SECONDS,
+            )
         before = versions.get(kind_name(obj))
         if before is None:
             logger.info("Created %s %s", obj["kind"], obj["metadata"]["name"])
@@ -361,8 +485,9 @@ async def act(
     if decision.mode == "hold":
         assert decision.hold is not None
         return ActOutcome(decision.hold)
-    listed = [dict(c) for c in obs.children]
-    result = await sync_children(ctx.kube, obs.owner, decision.desired, listed, logger)
+    result = await sync_children(
+        ctx.kube, obs.owner, decision.desired, obs.children, logger, ctx.applied
+    )
     return ActOutcome(result.check, tuple(result.objects), tuple(result.deleted))
 
 
@@ -371,38 +496,46 @@ async def act(
 # =================================================================================================
 
 
-async def write_initial_status(ctx: OperatorContext, obj: dict[str, Any]) -> dict[str, Any]:
-    """The first visit writes every condition Unknown/Reconciling at once (kstatus: as early as
-    the first reconcile). Returns the object with that status."""
-    status = dict(obj.get("status") or {})
-    if status.get("conditions"):
-        return obj
+async def write_status(
+    ctx: OperatorContext, obj: Mapping[str, Any], status: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Write `status` only over the object as it was read (resourceVersion precondition), so a
+    status computed from an older generation never lands over a newer one."""
     meta = obj["metadata"]
-    initial = {
-        "observedGeneration": int(meta.get("generation") or 0),
-        "conditions": initial_conditions(int(meta.get("generation") or 0), now_utc()),
-    }
+    stored = int((obj.get("status") or {}).get("observedGeneration") or 0)
+    if int(status.get("observedGeneration") or 0) < stored:  # never backwards
+        raise StatusConflictError(f"stored status is of generation {stored}")
     try:
-        await ctx.kube.patch_status(
-            f"{GROUP}/{VERSION}", PLURAL, meta["namespace"], meta["name"], initial
+        return await ctx.kube.patch_status(
+            f"{GROUP}/{VERSION}",
+            PLURAL,
+            meta["namespace"],
+            meta["name"],
+            status,
+            resource_version=meta.get("resourceVersion"),
         )
     except ApiError as err:
-        if err.transient:
-            raise _transient(err, ctx.settings, "write the initial status") from err
+        if err.status == 409:
+            raise StatusConflictError(err.message) from err
+        if err.status == 404:  # deleted meanwhile
+            return dict(obj)
         raise
-    return {**obj, "status": {**status, **initial}}
 
 
-async def report(
-    ctx: OperatorContext,
-    obs: Observation,
-    result: Report,
-    patch: kopf.Patch,
-    logger: Logger,
-) -> None:
-    if result.changed:
-        patch.status.update(result.status)
-    await _post_events(ctx.kube, obs.obj, result.events, logger)
+async def write_initial_status(ctx: OperatorContext, obj: dict[str, Any]) -> dict[str, Any]:
+    """The first visit writes every condition Unknown/Reconciling at once (kstatus: as early as
+    the first reconcile). Returns the object as the API server now has it."""
+    if (obj.get("status") or {}).get("conditions"):
+        return obj
+    generation = int(obj["metadata"].get("generation") or 0)
+    initial = {
+        "observedGeneration": generation,
+        "conditions": initial_conditions(generation, now_utc()),
+    }
+    written = await write_status(ctx, obj, initial)
+    if written.get("metadata"):
+        return written
+    return {**obj, "status": {**(obj.get("status") or {}), **initial}}
 
 
 # =================================================================================================
@@ -411,50 +544,86 @@ async def report(
 
 
 async def reconcile(
-    body: kopf.Body | Mapping[str, Any],
+    body: Mapping[str, Any],
     *,
-    patch: kopf.Patch,
     logger: Logger,
     ctx: OperatorContext,
     trigger: Trigger = "change",
 ) -> None:
+    """Converge one ModelDeployment (given by any version of its body: it is read again)."""
+    meta = body["metadata"]
+    await reconcile_key(
+        ctx, meta["namespace"], meta["name"], trigger=trigger, logger=logger, uid=meta.get("uid")
+    )
+
+
+async def reconcile_key(
+    ctx: OperatorContext,
+    namespace: str,
+    name: str,
+    *,
+    trigger: Trigger,
+    logger: Logger,
+    uid: str | None = None,
+) -> None:
     """Converge one ModelDeployment's children and status. Safe to call at any time, any number of
-    times, concurrently (serialised per object)."""
-    uid = body["metadata"]["uid"]
-    async with ctx.lock(uid):
-        await _reconcile(body, patch=patch, logger=logger, ctx=ctx, trigger=trigger)
+    times, concurrently: the object is read, decided on and its status written under its lock,
+    from a fresh read, so an older generation is never applied or reported after a newer one."""
+    async with ctx.lock((namespace, name)):
+        for _ in range(STATUS_ATTEMPTS):
+            try:
+                raw = await ctx.kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
+            except ApiError as err:
+                if err.transient:
+                    raise _transient(err, ctx.settings, f"read {namespace}/{name}") from err
+                raise
+            if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            if uid is not None and raw["metadata"].get("uid") != uid:
+                return  # a new object of that name: its own events reconcile it
+            if trigger == "resync" and skip_resync(raw):
+                return
+            try:
+                await _reconcile(raw, logger=logger, ctx=ctx, trigger=trigger)
+                return
+            except StatusConflictError as err:
+                logger.debug("Status of %s/%s changed under us (%s); again", namespace, name, err)
+        raise kopf.TemporaryError(
+            f"the status of {namespace}/{name} kept changing",
+            delay=ctx.settings.retry_delay_seconds,
+        )
 
 
 async def _reconcile(
-    body: kopf.Body | Mapping[str, Any],
+    raw: dict[str, Any],
     *,
-    patch: kopf.Patch,
     logger: Logger,
     ctx: OperatorContext,
     trigger: Trigger,
 ) -> None:
     started = time.monotonic()
-    obj: dict[str, Any] = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": dict(body["metadata"]),
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    obj = await write_initial_status(ctx, obj)
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
     try:
+        obj = await write_initial_status(ctx, raw)
         obs = await observe(ctx, obj, logger)
         policy = ctx.policy(obs.features)
-        decision = await asyncio.to_thread(decide, obs, policy)
+        if needs_replan(obj):  # the planner may be CPU-heavy: keep the event loop free
+            decision = await asyncio.to_thread(decide, obs, policy)
+        else:
+            decision = decide(obs, policy)
         outcome = await act(ctx, obs, decision, logger)
+        result = assess(obs, decision, outcome, trigger, policy)
+        if result.changed:
+            await write_status(ctx, obj, result.status)
     except ApiError as err:
         if err.transient:
             raise _transient(
                 err, ctx.settings, f"reconcile ModelDeployment {namespace}/{name}"
             ) from err
         raise
-    result = assess(obs, decision, outcome, trigger, policy)
+    await _post_events(ctx.kube, obs.obj, result.events, logger)
+    elapsed = time.monotonic() - started
+    ctx.latencies.append(elapsed)
     if result.changed:
         logger.info(
             "Reconciled ModelDeployment %s/%s: %s=%s (%s), %s=%s, %d children, %.0f ms",
@@ -466,73 +635,122 @@ async def _reconcile(
             kc.READY,
             (get_condition(result.status, kc.READY) or {}).get("status"),
             len(decision.desired),
-            (time.monotonic() - started) * 1000,
+            elapsed * 1000,
         )
-    await report(ctx, obs, result, patch, logger)
-    logger.debug(
-        "Reconciled ModelDeployment %s/%s in %.3fs (%s)",
-        namespace,
-        name,
-        time.monotonic() - started,
-        trigger,
-    )
+    else:
+        logger.debug("Reconciled %s/%s in %.3fs (%s)", namespace, name, elapsed, trigger)
     error = to_kopf_error(result.failure)
     if error is not None:
         raise error
 
 
-async def resync_one(ctx: OperatorContext, namespace: str, name: str) -> None:
-    """Reconcile one ModelDeployment read fresh from the API, outside kopf's handler machinery,
-    and write its status ourselves (same pipeline; kopf applies `patch` only for its handlers)."""
-    kube = ctx.kube
-    logger = logging.LoggerAdapter(_resync_logger, {})
-    raw = await kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
-    if raw is None or raw.get("metadata", {}).get("deletionTimestamp") or skip_resync(raw):
+# =================================================================================================
+# the controller loop: what to reconcile when
+# =================================================================================================
+
+
+def signature(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a ModelDeployment makes a change worth a reconcile (not its status: we write it)."""
+    meta = body.get("metadata") or {}
+    return (meta.get("uid"), meta.get("generation"), replan_token(body))
+
+
+def track(ctx: OperatorContext, event_type: str | None, body: Mapping[str, Any]) -> None:
+    """A watch event of a ModelDeployment: queue it when its spec or replan annotation moved (or
+    it is new to this process); forget it when it is gone."""
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    if event_type == "DELETED":
+        ctx.forget(key)
         return
-    patch = kopf.Patch()
-    try:
-        await reconcile(
-            kopf.Body(raw),  # type: ignore[arg-type]
-            patch=patch,
-            logger=logger,
-            ctx=ctx,
-            trigger="resync",
-        )
-    except kopf.TemporaryError as err:
-        _resync_logger.debug(
-            "Resync of ModelDeployment %s/%s will be retried: %s", namespace, name, err
-        )
-    except kopf.PermanentError as err:
-        _resync_logger.debug("Resync of ModelDeployment %s/%s: %s", namespace, name, err)
-    finally:
-        status = patch.get("status")
-        if status:
-            await kube.patch_status(f"{GROUP}/{VERSION}", PLURAL, namespace, name, dict(status))
+    if meta.get("deletionTimestamp"):
+        return
+    sig = signature(body)
+    known = ctx.tracked.get(key)
+    if known is None or known.signature != sig:
+        ctx.tracked[key] = Tracked(str(meta.get("uid")), sig)
+        ctx.by_label[(key[0], owner_label(key[1]))] = key
+        ctx.queue.add(key, "change")
 
 
-async def resync_forever(ctx: OperatorContext, index: Mapping[Any, Any]) -> None:
-    """Every `resync_seconds`, reconcile every ModelDeployment kopf is watching (the keys of a kopf
-    index). This replaces a kopf timer: kopf puts a finalizer on objects with timers, which strands
-    them when the operator is gone and when kopf stops watching a terminating namespace; with no
-    finalizer, deletion is plain ownerReference garbage collection."""
-    limit = asyncio.Semaphore(4)
+def child_changed(ctx: OperatorContext, event_type: str | None, body: Mapping[str, Any]) -> None:
+    """A watch event of an owned child or pod: update the view, queue the owner."""
+    if ctx.children is None:
+        return
+    label_key = ctx.children.update(event_type, body)
+    if label_key is None:
+        return
+    key = ctx.by_label.get(label_key)
+    if key is not None:
+        ctx.queue.add(key, "resync")
 
-    async def one(key: tuple[str, str]) -> None:
-        async with limit:
-            try:
-                await resync_one(ctx, *key)
-            except ApiError as err:
-                _resync_logger.warning("Could not resync ModelDeployment %s/%s: %s", *key, err)
-            except Exception:
-                _resync_logger.exception("Resync of ModelDeployment %s/%s failed", *key)
 
+def inventory_changed(ctx: OperatorContext) -> None:
+    """Schedulable of every object may have changed (never their plans: those are pinned)."""
+    for key in list(ctx.tracked):
+        ctx.queue.add(key, "resync")
+
+
+async def work(ctx: OperatorContext) -> None:
+    """One worker: take a key, reconcile it, retry it later on a temporary failure."""
+    while True:
+        key, trigger = await ctx.queue.get()
+        try:
+            await reconcile_key(
+                ctx,
+                *key,
+                trigger=trigger,
+                logger=_logger,
+                uid=ctx.tracked[key].uid if key in ctx.tracked else None,
+            )
+        except kopf.TemporaryError as err:
+            _logger.debug("%s/%s will be retried: %s", *key, err)
+            ctx.queue.add_after(key, float(err.delay or ctx.settings.retry_delay_seconds))
+        except kopf.PermanentError as err:
+            _logger.warning("ModelDeployment %s/%s: %s", *key, err)
+        except ApiError as err:
+            _logger.warning("Could not reconcile ModelDeployment %s/%s: %s", *key, err)
+            ctx.queue.add_after(key, ctx.settings.retry_delay_seconds)
+        except Exception:
+            _logger.exception("Reconcile of ModelDeployment %s/%s failed", *key)
+            ctx.queue.add_after(key, max(60.0, ctx.settings.retry_delay_seconds))
+        finally:
+            ctx.queue.done(key)
+
+
+async def resync_forever(ctx: OperatorContext) -> None:
+    """Every `resync_seconds`, queue every ModelDeployment: a level-based safety net (the views
+    and the watch events do the day-to-day work). Not a kopf timer: kopf puts a finalizer on
+    objects with timers, which strands them when the operator is gone."""
     while True:
         await asyncio.sleep(ctx.settings.resync_seconds)
-        keys = sorted(key for key in list(index) if isinstance(key, tuple))
-        await asyncio.gather(*(one(key) for key in keys))
+        for key in list(ctx.tracked):
+            ctx.queue.add(key, "resync")
 
 
-_resync_logger = logging.getLogger("kvcap.resync")
+async def report_stats(ctx: OperatorContext, every: float = 60.0) -> None:
+    """One log line a minute: reconciles, latency percentiles, API requests, queue depth."""
+    requests = ctx.kube.requests
+    while True:
+        await asyncio.sleep(every)
+        window = sorted(ctx.latencies)
+        ctx.latencies.clear()
+        sent, requests = ctx.kube.requests - requests, ctx.kube.requests
+        if not window and not sent:
+            continue
+        p50 = window[len(window) // 2] if window else 0.0
+        p99 = window[min(len(window) - 1, int(len(window) * 0.99))] if window else 0.0
+        _logger.info(
+            "kvcap stats: %d reconciles in %.0fs, p50 %.0f ms, p99 %.0f ms, %d API requests, "
+            "%d objects, %d queued",
+            len(window),
+            every,
+            p50 * 1000,
+            p99 * 1000,
+            sent,
+            len(ctx.tracked),
+            len(ctx.queue),
+        )
 
 
 __all__ = [
@@ -551,6 +769,7 @@ __all__ = [
     "observe_workloads",
     "parse_model_config",
     "reconcile",
+    "reconcile_key",
     "skip_resync",
     "unschedulable_pods",
 ]

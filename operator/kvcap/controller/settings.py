@@ -8,7 +8,13 @@
 | KVCAP_NAMESPACES | "" (cluster-wide) | comma-separated namespaces (kopf globs allowed) to watch |
 | KVCAP_LIVENESS_ENDPOINT | "" (off) | e.g. `http://0.0.0.0:8080/healthz` |
 | KVCAP_PROMETHEUS_URL | http://prometheus-operated.monitoring.svc:9090 | default Prometheus |
-| KVCAP_RESYNC_SECONDS | 30 | interval of the level-based resync of every ModelDeployment |
+| KVCAP_RESYNC_SECONDS | 300 | interval of the level-based resync of every ModelDeployment |
+| KVCAP_WORKERS | 4 | reconciles running at once (a cold start queues the rest) |
+| KVCAP_REQUEST_TIMEOUT_SECONDS | 30 | connect and read timeout of each API request |
+| KVCAP_LEADER_ELECTION | Disabled | 'Enabled': only the holder of a Lease reconciles |
+| KVCAP_LEADER_ELECTION_NAMESPACE | the pod's | namespace of that Lease |
+| KVCAP_LEADER_ELECTION_NAME | kvcap-operator | name of that Lease |
+| KVCAP_LEADER_ELECTION_LEASE_SECONDS | 15 | a standby takes over this long after a crash |
 | KVCAP_RETRY_DELAY_SECONDS | 15 | delay of kopf.TemporaryError on transient API errors |
 | KVCAP_DISCOVERY_TTL_SECONDS | 60 | how long optional-CRD discovery results are cached |
 | KVCAP_EXTRA_TOLERATIONS | [] | JSON list of extra pod tolerations for every vLLM pod |
@@ -37,7 +43,13 @@ class Settings:
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     liveness_endpoint: str | None = None
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    resync_seconds: float = 30.0
+    resync_seconds: float = 300.0
+    workers: int = 4
+    request_timeout_seconds: float = 30.0
+    leader_election: bool = False
+    leader_election_namespace: str | None = None
+    leader_election_name: str = "kvcap-operator"
+    lease_seconds: float = 15.0
     retry_delay_seconds: float = 15.0
     discovery_ttl_seconds: float = 60.0
     extra_tolerations: tuple[dict[str, Any], ...] = field(default_factory=tuple)
@@ -80,21 +92,31 @@ def _tolerations(raw: str) -> tuple[dict[str, Any], ...]:
     return tuple(value)
 
 
+def _switch(env: Mapping[str, str], key: str, default: str) -> str:
+    value = env.get(key, default).strip() or default
+    if value not in ("Enabled", "Disabled"):
+        raise SettingsError(f"{key} must be 'Enabled' or 'Disabled', got '{value}'")
+    return value
+
+
 def parse_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from environment variables (pure)."""
     namespaces = tuple(
         ns.strip() for ns in env.get("KVCAP_NAMESPACES", "").split(",") if ns.strip()
     )
-    inventory = env.get("KVCAP_NODE_INVENTORY", "Enabled").strip() or "Enabled"
-    if inventory not in ("Enabled", "Disabled"):
-        raise SettingsError(
-            f"KVCAP_NODE_INVENTORY must be 'Enabled' or 'Disabled', got '{inventory}'"
-        )
+    inventory = _switch(env, "KVCAP_NODE_INVENTORY", "Enabled")
+    election = _switch(env, "KVCAP_LEADER_ELECTION", "Disabled")
     return Settings(
         namespaces=namespaces,
         liveness_endpoint=env.get("KVCAP_LIVENESS_ENDPOINT", "").strip() or None,
         prometheus_url=env.get("KVCAP_PROMETHEUS_URL", "").strip() or Settings.prometheus_url,
-        resync_seconds=_number(env, "KVCAP_RESYNC_SECONDS", 30.0, minimum=1.0),
+        resync_seconds=_number(env, "KVCAP_RESYNC_SECONDS", 300.0, minimum=1.0),
+        workers=int(_number(env, "KVCAP_WORKERS", 4, minimum=1)),
+        request_timeout_seconds=_number(env, "KVCAP_REQUEST_TIMEOUT_SECONDS", 30.0, minimum=1.0),
+        leader_election=election == "Enabled",
+        leader_election_namespace=env.get("KVCAP_LEADER_ELECTION_NAMESPACE", "").strip() or None,
+        leader_election_name=env.get("KVCAP_LEADER_ELECTION_NAME", "").strip() or "kvcap-operator",
+        lease_seconds=_number(env, "KVCAP_LEADER_ELECTION_LEASE_SECONDS", 15.0, minimum=2.0),
         retry_delay_seconds=_number(env, "KVCAP_RETRY_DELAY_SECONDS", 15.0, minimum=0.1),
         discovery_ttl_seconds=_number(env, "KVCAP_DISCOVERY_TTL_SECONDS", 60.0, minimum=0.0),
         extra_tolerations=_tolerations(env.get("KVCAP_EXTRA_TOLERATIONS", "")),

@@ -1,0 +1,344 @@
+"""The operator's long-lived machinery: shared views of the cluster, the work queue, bounded caches.
+
+Work per reconcile must not grow with the cluster, so nothing here is read per ModelDeployment:
+
+* `NodeView`: one list+watch of the GPU-labelled Nodes (`nvidia.com/gpu.product` present) for the
+  whole operator. Each Node is projected onto what the inventory needs (product, allocatable
+  extended resources, Ready, cordoned); the inventory is computed once per change of that
+  projection and shared by every reconcile. A change of the inventory requeues every object
+  (`Schedulable` may change), heartbeats do not.
+* `ChildView`: the owned children (Deployments, Services, PodDisruptionBudgets) and their pods, fed
+  by kopf watch-streams (`handlers.py`, server-side filtered on `app.kubernetes.io/managed-by`),
+  indexed by (namespace, owner label). A change requeues the owner.
+* `WorkQueue`: keys (namespace, name) to reconcile, deduplicated (a key queued twice runs once; a
+  key changed while it runs runs again after), with delayed retries. A fixed number of workers
+  drains it, so a cold start with thousands of objects runs a bounded number of reconciles at once.
+* `TtlLru`, `Backoff`: bounded caches for what users can make grow (Hub configs keyed by model
+  name) and per-key retry backoff (a failing Hub is asked again after 1, 2, 4, ... minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from kvcap.api import constants as kc
+from kvcap.clients.kube import ApiError, Kube
+from kvcap.controller.decide import gpu_inventory
+
+K = TypeVar("K")
+V = TypeVar("V")
+Key = tuple[str, str]  # (namespace, name)
+Trigger = Literal["change", "resync"]
+
+_logger = logging.getLogger("kvcap.runtime")
+
+# =================================================================================================
+# Bounded caches
+# =================================================================================================
+
+
+class TtlLru(Generic[K, V]):
+    """At most `maxsize` entries, each valid for its own TTL; the least recently used goes first."""
+
+    def __init__(self, maxsize: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.maxsize = maxsize
+        self._clock = clock
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        found = self._items.get(key)
+        if found is None:
+            return None
+        expires, value = found
+        if self._clock() >= expires:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V, ttl: float) -> None:
+        self._items[key] = (self._clock() + ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff per key: `base`, 2x`base`, ... up to `cap` seconds; bounded in keys."""
+
+    base: float = 60.0
+    cap: float = 1800.0
+    maxsize: int = 4096
+    failures: TtlLru[Any, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.failures = TtlLru(self.maxsize)
+
+    def next_delay(self, key: Any) -> float:
+        """Record one more failure of `key`; how long to wait before trying it again."""
+        count = (self.failures.get(key) or 0) + 1
+        self.failures.put(key, count, ttl=self.cap * 2)
+        return float(min(self.cap, self.base * 2 ** (count - 1)))
+
+    def reset(self, key: Any) -> None:
+        self.failures.pop(key)
+
+
+# =================================================================================================
+# The work queue
+# =================================================================================================
+
+
+class WorkQueue:
+    """Deduplicating queue of keys with the strongest trigger per key ("change" beats "resync")."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._pending: dict[Key, Trigger] = {}  # queued, not yet taken
+        self._active: set[Key] = set()
+        self._again: dict[Key, Trigger] = {}  # changed while active
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+
+    def add(self, key: Key, trigger: Trigger = "resync") -> None:
+        if key in self._active:
+            self._again[key] = _strongest(self._again.get(key), trigger)
+        elif key in self._pending:
+            self._pending[key] = _strongest(self._pending[key], trigger)
+        else:
+            self._pending[key] = trigger
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: Key, delay: float, trigger: Trigger = "resync") -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key, trigger)
+
+    def _fire(self, key: Key, trigger: Trigger) -> None:
+        self._timers.pop(key, None)
+        self.add(key, trigger)
+
+    async def get(self) -> tuple[Key, Trigger]:
+        while True:
+            key = await self._queue.get()
+            trigger = self._pending.pop(key, None)
+            if trigger is not None:
+                self._active.add(key)
+                return key, trigger
+
+    def done(self, key: Key) -> None:
+        self._active.discard(key)
+        again = self._again.pop(key, None)
+        if again is not None:
+            self.add(key, again)
+
+    def forget(self, key: Key) -> None:
+        """The object is gone: drop its pending work and timers."""
+        self._pending.pop(key, None)
+        self._again.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._active
+
+
+def _strongest(a: Trigger | None, b: Trigger) -> Trigger:
+    return "change" if "change" in (a, b) else "resync"
+
+
+# =================================================================================================
+# Shared views
+# =================================================================================================
+
+
+def node_projection(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a Node the inventory reads (heartbeats and images are dropped)."""
+    meta, spec, status = (
+        node.get("metadata") or {},
+        node.get("spec") or {},
+        node.get("status") or {},
+    )
+    ready = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": {kc.GPU_PRODUCT_LABEL: (meta.get("labels") or {}).get(kc.GPU_PRODUCT_LABEL)},
+        },
+        "spec": {"unschedulable": bool(spec.get("unschedulable"))},
+        "status": {
+            "allocatable": {
+                k: v for k, v in (status.get("allocatable") or {}).items() if "/" in str(k)
+            },
+            "conditions": [{"type": "Ready", "status": c.get("status")} for c in ready],
+        },
+    }
+
+
+class NodeView:
+    """The GPU-labelled Nodes, kept current by one list+watch; the inventory computed once per
+    change."""
+
+    SELECTOR = kc.GPU_PRODUCT_LABEL  # label present
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.synced = asyncio.Event()
+        self.forbidden = False  # no RBAC to list/watch Nodes: no inventory
+        self.version = 0
+        self._inventories: dict[str, tuple[int, dict[str, list[int]]]] = {}
+
+    def replace(self, nodes: Iterable[Mapping[str, Any]]) -> bool:
+        projected = {n["metadata"]["name"]: node_projection(n) for n in nodes}
+        changed = projected != self.nodes
+        self.nodes = projected
+        if changed:
+            self.version += 1
+        self.synced.set()
+        return changed
+
+    def update(self, event_type: str, node: Mapping[str, Any]) -> bool:
+        """Apply one watch event; True when the inventory may have changed."""
+        name = (node.get("metadata") or {}).get("name")
+        if not name:
+            return False
+        if event_type == "DELETED":
+            changed = self.nodes.pop(name, None) is not None
+        else:
+            projected = node_projection(node)
+            changed = self.nodes.get(name) != projected
+            self.nodes[name] = projected
+        if changed:
+            self.version += 1
+        return changed
+
+    def inventory(self, resource_name: str) -> dict[str, list[int]]:
+        cached = self._inventories.get(resource_name)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        inventory = gpu_inventory(self.nodes.values(), resource_name)
+        self._inventories[resource_name] = (self.version, inventory)
+        return inventory
+
+
+async def reflect_nodes(
+    kube: Kube, view: NodeView, on_change: Callable[[], None], *, watch_seconds: int = 300
+) -> None:
+    """List, then watch, the GPU-labelled Nodes forever (relist after 410 Gone or an error)."""
+    delay = 1.0
+    while True:
+        try:
+            items, version = await kube.list_with_version("v1", "nodes", None, NodeView.SELECTOR)
+            if view.replace(items):
+                on_change()
+            delay = 1.0
+            while True:
+                async for event in kube.watch(
+                    "v1",
+                    "nodes",
+                    None,
+                    labels=NodeView.SELECTOR,
+                    resource_version=version,
+                    timeout_seconds=watch_seconds,
+                ):
+                    obj = event.get("object") or {}
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") == "BOOKMARK":
+                        continue
+                    if view.update(str(event.get("type")), obj):
+                        on_change()
+        except asyncio.CancelledError:
+            raise
+        except ApiError as err:
+            if err.status == 403:
+                _logger.warning("Cannot list/watch Nodes (forbidden): no GPU inventory")
+                view.forbidden = True
+                view.synced.set()  # observe falls back (and reports InventoryUnavailable)
+                await asyncio.sleep(300)
+                continue
+            if err.status != 410:
+                _logger.info("Node watch ended: %s; listing again in %.0fs", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        except Exception:
+            _logger.exception("Node watch failed; listing again in %.0fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+class ChildView:
+    """Owned children and their pods, by (namespace, owner label value), fed by watch events."""
+
+    def __init__(self) -> None:
+        self.children: dict[Key, dict[tuple[str, str], Mapping[str, Any]]] = {}
+        self.pods: dict[Key, dict[str, Mapping[str, Any]]] = {}
+
+    @staticmethod
+    def owner_of(obj: Mapping[str, Any]) -> Key | None:
+        meta = obj.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(kc.LABEL_MODEL_DEPLOYMENT)
+        namespace = meta.get("namespace")
+        return (namespace, owner) if owner and namespace else None
+
+    def update(self, event_type: str | None, obj: Mapping[str, Any]) -> Key | None:
+        """Apply one watch event; the owner key whose children changed (None: not ours)."""
+        key = self.owner_of(obj)
+        if key is None:
+            return None
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
+        if obj.get("kind") == "Pod":
+            pods = self.pods.setdefault(key, {})
+            if event_type == "DELETED":
+                pods.pop(name, None)
+            else:
+                pods[name] = obj
+            if not pods:
+                self.pods.pop(key, None)
+        else:
+            children = self.children.setdefault(key, {})
+            ident = (str(obj.get("kind")), name)
+            if event_type == "DELETED":
+                children.pop(ident, None)
+            else:
+                children[ident] = obj
+            if not children:
+                self.children.pop(key, None)
+        return key
+
+    def children_of(self, key: Key) -> list[Mapping[str, Any]]:
+        return list((self.children.get(key) or {}).values())
+
+    def pods_of(self, key: Key) -> list[Mapping[str, Any]]:
+        return list((self.pods.get(key) or {}).values())
+
+    def forget(self, key: Key) -> None:
+        self.children.pop(key, None)
+        self.pods.pop(key, None)
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
