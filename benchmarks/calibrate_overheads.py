@@ -3,8 +3,8 @@
 Usage: python benchmarks/calibrate_overheads.py   (prints the fitted `eras:` block for overheads.yaml)
 
 What is fitted, per launch of benchmarks/data/vllm_launches.yaml with a V1 version, a GPU and its memory:
-  activation (GiB) = c + h x T x hidden x dtype/2 + s_era x R x vocab + moe x [MoE]
-  non-torch  (GiB) = nt_era[TP 1 | TP 2 | TP >= 4 | PP-only]
+  activation (GiB) = c + h x T x hidden x dtype/2 + s_era x R x vocab + moe x [MoE] + amd x [AMD]
+  non-torch  (GiB) = nt_era[TP 1 | TP 2 | TP 4 | TP >= 8 | PP-only]
 with T = max_num_batched_tokens, R = min(max_num_seqs, T) dummy sampler requests (vLLM's defaults when
 the log does not say). Each launch contributes the rows it has: the logged activation peak, the logged
 non-torch increase, and otherwise total x util - weights (logged, else predicted) - CUDA graphs -
@@ -42,23 +42,26 @@ from kvcap.capacity.memory import (
 from kvcap.capacity.vllm_version import profile
 
 ERAS = ("v1-sort", "v1")
-NT_SLOTS = ("1", "2", "4", "pp")
-SHARED = ("c", "h", "moe")
+NT_SLOTS = ("1", "2", "4", "8", "pp")
+SHARED = ("c", "h", "moe", "amd")
 PARAMS = (*SHARED, *(f"s:{e}" for e in ERAS),
           *(f"nt{slot}:{e}" for e in ERAS for slot in NT_SLOTS))
 IDX = {p: i for i, p in enumerate(PARAMS)}
 
 # (value, scale of the prior row in GiB per unit): weak priors from outside the launch set.
 PRIORS: dict[str, tuple[float, float]] = {
-    "c": (0.05, 1.0), "h": (0.0, 8192 * 4096 / GIB), "moe": (0.3, 1.0),
+    "c": (0.05, 1.0), "h": (0.0, 8192 * 4096 / GIB), "moe": (0.3, 1.0), "amd": (0.0, 1.0),
     "s:v1-sort": (37.0, 1024 * 150_000 / GIB), "s:v1": (15.0, 1024 * 150_000 / GIB),
     **{f"nt1:{e}": (0.25, 1.0) for e in ERAS}, **{f"nt2:{e}": (1.0, 1.0) for e in ERAS},
-    **{f"nt4:{e}": (1.0, 1.0) for e in ERAS}, **{f"ntpp:{e}": (0.1, 1.0) for e in ERAS},
+    **{f"nt4:{e}": (1.0, 1.0) for e in ERAS}, **{f"nt8:{e}": (1.0, 1.0) for e in ERAS},
+    **{f"ntpp:{e}": (0.1, 1.0) for e in ERAS},
 }
 
 
 def _nt_slot(c: Case) -> str:
     tp = c.args.tensor_parallel_size
+    if tp >= 8:
+        return "8"
     if tp >= 4:
         return "4"
     if tp >= 2:
@@ -89,6 +92,8 @@ def _features(c: Case) -> tuple[list[float], list[float]]:
     act[IDX["h"]] = tokens * arch.hidden_size * arch.dtype_bytes / 2 / GIB
     act[IDX[f"s:{era}"]] = sampler_requests(seqs, tokens, prof) * arch.vocab_size / GIB
     act[IDX["moe"]] = 1.0 if arch.is_moe else 0.0
+    assert c.gpu is not None
+    act[IDX["amd"]] = 1.0 if c.gpu.vendor == "amd" else 0.0
     nt = [0.0] * len(PARAMS)
     nt[IDX[f"nt{_nt_slot(c)}:{era}"]] = 1.0
     return act, nt
@@ -179,8 +184,9 @@ def models_from(params: dict[str, float]) -> dict[str, OverheadModel]:
             base,
             act_const_gib=params["c"], act_per_token_hidden=params["h"],
             act_per_seq_vocab=params[f"s:{era}"], act_moe_const_gib=params["moe"],
+            amd_extra_gib=params["amd"],
             non_torch_gib={1: params[f"nt1:{era}"], 2: params[f"nt2:{era}"],
-                           4: params[f"nt4:{era}"]},
+                           4: params[f"nt4:{era}"], 8: params[f"nt8:{era}"]},
             non_torch_pp_only_gib=params[f"ntpp:{era}"],
         )
     return out
@@ -202,8 +208,9 @@ def main() -> None:
         print(f"    act_per_token_hidden: {params['h']:.2f}")
         print(f"    act_per_seq_vocab: {params[f's:{era}']:.2f}")
         print(f"    act_moe_const_gib: {params['moe']:.3f}")
+        print(f"    amd_extra_gib: {params['amd']:.3f}")
         print(f"    non_torch_gib: {{1: {params[f'nt1:{era}']:.2f}, 2: {params[f'nt2:{era}']:.2f}, "
-              f"4: {params[f'nt4:{era}']:.2f}}}")
+              f"4: {params[f'nt4:{era}']:.2f}, 8: {params[f'nt8:{era}']:.2f}}}")
         print(f"    non_torch_pp_only_gib: {params[f'ntpp:{era}']:.2f}")
 
 

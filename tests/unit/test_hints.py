@@ -12,31 +12,31 @@ from kvcap.capacity.hints import what_would_fit
 from kvcap.capacity.memory import ServeArgs, estimate
 
 
-@pytest.mark.parametrize(("model", "gpu", "args", "first_kind", "first_flags"), [
-    # 131 GiB of bf16 weights on 22 GiB GPUs: 8-way TP holds them, with room for ~15k tokens.
-    ("meta-llama/Llama-3.1-70B-Instruct", "L4", ServeArgs(), "shorter-context",
-     "--gpu L4 --tensor-parallel-size 8 --max-model-len"),
+@pytest.mark.parametrize(("model", "gpu", "args", "first_kind", "first_gpus"), [
+    # 131 GiB of bf16 weights on 22 GiB GPUs: 8 of them hold the weights, with room for ~15k tokens.
+    ("meta-llama/Llama-3.1-70B-Instruct", "L4", ServeArgs(), "shorter-context", 8),
     # On H100 two GPUs hold the weights but not a 131k request: the cheapest is a shorter context.
-    ("meta-llama/Llama-3.1-70B-Instruct", "H100-80GB", ServeArgs(), "shorter-context",
-     "--gpu H100-80GB --tensor-parallel-size 2 --max-model-len"),
+    ("meta-llama/Llama-3.1-70B-Instruct", "H100-80GB", ServeArgs(), "shorter-context", 2),
     # 8k context: 2 x H100 fits outright.
     ("meta-llama/Llama-3.1-70B-Instruct", "H100-80GB", ServeArgs(max_model_len=8192),
-     "tensor-parallel", "--gpu H100-80GB --tensor-parallel-size 2"),
+     "tensor-parallel", 2),
     # gpt-oss-120b at util 0.95 / 1,024 batched tokens on a 0.11-era vLLM (vllm #27508): the issue's
     # own way out was a shorter context or a second GPU.
     ("openai/gpt-oss-120b", "H100-80GB",
      ServeArgs(gpu_memory_utilization=0.95, max_num_batched_tokens=1024, vllm_version="0.11.0"),
-     "shorter-context", "--gpu H100-80GB --max-model-len"),
+     "shorter-context", 1),
 ])
-def test_cheapest_concrete_fit_first(model, gpu, args, first_kind, first_flags):
+def test_cheapest_concrete_fit_first(model, gpu, args, first_kind, first_gpus):
     arch = load_model(model)
     g = catalog.get_gpu(gpu)
     assert not estimate(arch, g, args).fits
     base = replace(args, max_model_len=args.max_model_len or arch.max_position_embeddings)
     fits = what_would_fit(arch, g, base, catalog.all_gpus())
     assert fits
-    assert fits[0].kind == first_kind
-    assert fits[0].flags(base).startswith(first_flags)
+    assert (fits[0].kind, fits[0].gpu, fits[0].gpus) == (first_kind, g.name, first_gpus)
+    assert fits[0].flags(base).startswith(f"--gpu {g.name}")
+    if first_kind == "shorter-context":
+        assert f"--max-model-len {fits[0].max_model_len}" in fits[0].flags(base)
     assert [f.cost_gib for f in fits] == sorted(f.cost_gib for f in fits)
     for f in fits:  # every hint is a configuration that does fit
         est = estimate(arch, catalog.get_gpu(f.gpu), replace(

@@ -241,6 +241,10 @@ def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, pro
             per_token = 656  # MLAAttentionSpec: FlashMLA sparse fp8 layout
         else:
             per_token = arch.mla_latent_dim * kv_bytes
+        # DeepSeek sparse attention (V3.2, GLM-5): each MLA layer's lightning-indexer keys ride in
+        # the same blocks (fp8 + scales, independent of --kv-cache-dtype). Checked against the
+        # DeepSeek-V3.2 H200/B200 logs of the validation set: 61 x (1152 + 132) B per token.
+        per_token += getattr(arch, "indexer_bytes_per_token", 0)
     else:
         # K and V, heads split by TP and replicated when kv_heads < TP (max(1, kv_heads // tp)).
         heads = max(1, arch.num_kv_heads // tp)
@@ -358,6 +362,7 @@ class OverheadModel:
     act_per_seq_vocab: float  # bytes per (dummy sampler request x vocab) -- the sampler's batch
     act_per_token_moe: float  # bytes per (token x experts per token x expert width / TP)
     act_moe_const_gib: float  # fixed extra for MoE models
+    amd_extra_gib: float  # fixed extra on AMD GPUs (ROCm), fitted like the rest
     non_torch_gib: dict[int, float]  # by TP size
     non_torch_pp_only_gib: float  # TP 1 with pipeline parallelism
     cudagraph_gib: float
@@ -372,6 +377,7 @@ def overhead_model_from(c: dict[str, Any]) -> OverheadModel:
         act_per_seq_vocab=float(c["act_per_seq_vocab"]),
         act_per_token_moe=float(c.get("act_per_token_moe", 0.0)),
         act_moe_const_gib=float(c.get("act_moe_const_gib", 0.0)),
+        amd_extra_gib=float(c.get("amd_extra_gib", 0.0)),
         non_torch_gib={int(k): float(v) for k, v in c["non_torch_gib"].items()},
         non_torch_pp_only_gib=float(c.get("non_torch_pp_only_gib", 0.1)),
         cudagraph_gib=float(c.get("cudagraph_gib", 0.0)),
@@ -392,7 +398,8 @@ def sampler_requests(seqs: int, tokens: int, prof: VllmProfile) -> int:
 
 
 def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, prof: VllmProfile,
-                   enforce_eager: bool, model: OverheadModel | None = None) -> tuple[int, int, int]:
+                   enforce_eager: bool, model: OverheadModel | None = None,
+                   vendor: str = "nvidia") -> tuple[int, int, int]:
     """(activation peak, non-torch increase, CUDA graph) bytes on one GPU for vLLM's profile run.
 
     The activation peak of V1 is dominated by the sampler's dummy batch (min(max_num_seqs,
@@ -410,6 +417,8 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
            + m.act_per_seq_vocab * reqs * arch.vocab_size)
     if arch.is_moe:
         act += m.act_moe_const_gib * GIB
+    if vendor == "amd":
+        act += m.amd_extra_gib * GIB
     if arch.is_moe and arch.experts_per_token:
         act += m.act_per_token_moe * tokens * arch.experts_per_token * arch.moe_intermediate_size / tp
     if tp > 1:
@@ -499,7 +508,7 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     else:
         act, non_torch, graph = overhead_bytes(
             arch, tp, pp, tokens, seqs, prof, args.enforce_eager,
-            overheads[prof.profiler_era] if overheads else None)
+            overheads[prof.profiler_era] if overheads else None, gpu.vendor)
         cal = next((c for c in args.calibrations if c.matches(arch.name, gpu.name, prof.label)),
                    None)
         if cal is not None:
