@@ -150,14 +150,20 @@ def make_policy(name: str, spec: ModelDeploymentSpec, setups: Sequence[PoolSetup
     if name == "hpa-rps":
         rps = opts.hpa_rps_per_replica
         if rps is None:
-            # What one replica sustains at the KV target: requests it holds / request lifetime.
+            # What a load test would find one replica sustains, at the KV target: the smaller of
+            # the KV bound (requests held / lifetime) and the compute bound (prefill + decode
+            # seconds per request at that batch).
             s = setups[0]
-            tpot = s.model.decode_step(32, 32 * int(s.mean_prompt + s.mean_output / 2))
-            life = s.model.prefill_time(int(s.mean_prompt), s.engine.max_num_batched_tokens) \
-                + s.mean_output * tpot
-            held = target / 100 * s.kv_tokens_per_replica / max(1.0, s.mean_prompt
-                                                                 + s.mean_output / 2)
-            rps = min(held, s.engine.max_num_seqs) / max(life, 1e-3)
+            held = max(1.0, min(float(s.engine.max_num_seqs), target / 100
+                                * s.kv_tokens_per_replica / max(1.0, s.mean_prompt
+                                                                + s.mean_output / 2)))
+            batch = int(held)
+            step = s.model.decode_step(batch, batch * int(s.mean_prompt + s.mean_output / 2))
+            chunk = s.engine.max_num_batched_tokens
+            prefill_s = s.mean_prompt / (chunk / s.model.step_time(chunk, pairs(0, chunk), 0, 0))
+            life = prefill_s + s.mean_output * step
+            compute_rps = 1.0 / (prefill_s + s.mean_output * step / batch)
+            rps = target / 100 * min(held / max(life, 1e-3), compute_rps)
         return HpaRps(bounds, rps)
     if name == "keda-queue":
         return KedaQueue(bounds, opts.keda_waiting_per_replica)
