@@ -145,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     _hub_flags(cal)
     cal.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
+    exp = sub.add_parser("export", help="export a ModelDeployment's scaling rule for other tools")
+    from kvcap.export_command import add_arguments as _export_arguments
+    _export_arguments(exp)
+
+    emu = sub.add_parser("emulate-vllm", help="vLLM /metrics emulators (tests, sandbox, demos)",
+                         description="Serve vLLM's Prometheus metrics from emulated servers: "
+                         "`serve` N of them, `follow` the kvcap pods of a cluster, `set` a "
+                         "pool's levels.")
+    from kvcap.emulate_command import add_arguments as _emulate_arguments
+    _emulate_arguments(emu)
+
     run = sub.add_parser("run", help="run the operator (kopf)")
     run.add_argument("--namespace", "-n", action="append", dest="namespaces",
                      help="watch only this namespace (repeatable); default: all")
@@ -419,6 +430,16 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     return run_calibrate(ns)
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from kvcap.export_command import run as run_export
+    return run_export(ns)
+
+
+def cmd_emulate(ns: argparse.Namespace) -> int:
+    from kvcap.emulate_command import run as run_emulate
+    return run_emulate(ns)
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     from kvcap.controller.runner import run
     return run(namespaces=ns.namespaces, liveness_endpoint=ns.liveness, verbose=ns.verbose)
@@ -426,7 +447,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 COMMANDS = {"estimate": cmd_estimate, "plan": cmd_plan, "simulate": cmd_simulate,
             "models": cmd_models, "gpus": cmd_gpus,
-            "calibrate": cmd_calibrate, "run": cmd_run}
+            "calibrate": cmd_calibrate, "export": cmd_export, "emulate-vllm": cmd_emulate,
+            "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

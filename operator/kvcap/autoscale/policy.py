@@ -57,6 +57,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kvcap.api import constants as kc
+from kvcap.capacity.plan_types import PoolPlan
 
 NAN = float("nan")
 MAX_TREND_POINTS = 32  # demand points kept for the trend (the CRD allows 64)
@@ -240,6 +241,26 @@ class Decision:
     metrics: MetricsVerdict
     capacity: CapacityVerdict
     figures: Figures
+
+
+# Share of a request's tokens that are output when nothing better is known: the Azure LLM
+# inference trace 2023, conversation set (mean prompt 1,154.7, mean output 211.1 tokens; see
+# /work/shared/traces/stats.json), the most output-heavy of the public chat traces kvcap uses.
+OUTPUT_SHARE = 0.155
+
+
+def length_model_for(pool: PoolPlan) -> LengthModel:
+    """Mean prompt and output tokens of a planned pool's traffic, from the request length the plan
+    sized each sequence for (KV per replica x (1 - headroom) / sequences per replica), split by
+    OUTPUT_SHARE."""
+    per_request = pool.kv_tokens_per_replica * (1 - pool.headroom_percent / 100)
+    if pool.concurrency_per_replica > 0:
+        per_request /= pool.concurrency_per_replica
+    per_request = max(1.0, min(per_request, float(pool.max_model_len)))
+    return LengthModel(
+        mean_prompt_tokens=per_request * (1 - OUTPUT_SHARE),
+        mean_output_tokens=per_request * OUTPUT_SHARE,
+    )
 
 
 # --- formatting ---
@@ -587,6 +608,7 @@ __all__ = [
     "check_metrics",
     "decide",
     "format_tokens",
+    "length_model_for",
     "trend_slope",
     "verify_capacity",
 ]

@@ -30,11 +30,7 @@ from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
 from kvcap.controller.conditions import Check
 from kvcap.controller.decide import PoolScale
 
-# Share of a request's tokens that are output when nothing better is known: the Azure LLM
-# inference trace 2023, conversation set (mean prompt 1,154.7, mean output 211.1 tokens; see
-# /work/shared/traces/stats.json), the most output-heavy of the public chat traces kvcap uses.
-# It sizes the decode growth of running requests and the KV a queued request will need.
-OUTPUT_SHARE = 0.155
+OUTPUT_SHARE = ap.OUTPUT_SHARE
 STARTUP_SECONDS = 300.0  # look-ahead horizon: time from a new pod to Ready (a 10 min load: 600)
 
 
@@ -55,17 +51,7 @@ class ObjectMetrics:
     pools: Mapping[str, PoolLive] = field(default_factory=dict)
 
 
-def length_model(pool: PoolPlan) -> ap.LengthModel:
-    """Mean prompt and output tokens of the pool's traffic, from the request length the plan sized
-    each sequence for (KV per replica x (1 - headroom) / sequences per replica)."""
-    per_request = pool.kv_tokens_per_replica * (1 - pool.headroom_percent / 100)
-    if pool.concurrency_per_replica > 0:
-        per_request /= pool.concurrency_per_replica
-    per_request = max(1.0, min(per_request, float(pool.max_model_len)))
-    return ap.LengthModel(
-        mean_prompt_tokens=per_request * (1 - OUTPUT_SHARE),
-        mean_output_tokens=per_request * OUTPUT_SHARE,
-    )
+length_model = ap.length_model_for
 
 
 def scaling_spec(
