@@ -4,6 +4,8 @@ Usage: python benchmarks/calibrate_overheads.py   (prints the fitted `eras:` blo
 
 What is fitted, per launch of benchmarks/data/vllm_launches.yaml with a V1 version, a GPU and its memory:
   activation (GiB) = c + h x T x hidden x dtype/2 + s_era x R x vocab + moe x [MoE] + amd x [AMD]
+(tried and left out: a term in T x top_k x expert width / TP fits with a negative sign; tying
+non-torch memory of TP 4/8 to TP 2 instead of the 1 GiB prior makes leave-one-source-out worse)
   non-torch  (GiB) = nt_era[TP 1 | TP 2 | TP 4 | TP >= 8 | PP-only]
 with T = max_num_batched_tokens, R = min(max_num_seqs, T) dummy sampler requests (vLLM's defaults when
 the log does not say). Each launch contributes the rows it has: the logged activation peak, the logged
