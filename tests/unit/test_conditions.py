@@ -68,9 +68,11 @@ def test_set_condition_keeps_others_and_does_not_mutate() -> None:
 def test_initial_conditions_are_all_unknown_reconciling() -> None:
     conds = initial_conditions(4, T0)
     assert [c["type"] for c in conds] == list(kc.CONDITION_TYPES)
-    assert {(c["status"], c["reason"], c["observedGeneration"]) for c in conds} == {
-        ("Unknown", "Reconciling", 4)
-    }
+    kstatus = {"Reconciling": "True", "Stalled": "False"}  # kstatus reads these as InProgress
+    for c in conds:
+        assert (c["status"], c["reason"], c["observedGeneration"]) == (
+            kstatus.get(c["type"], "Unknown"), "Reconciling", 4
+        )
 
 
 def obs(name: str = "llama-default", ready: int = 2, updated: int = 2, replicas: int = 2,
@@ -160,6 +162,9 @@ def test_build_status_golden() -> None:
             cond("Progressing", "True", "RollingOut",
                  "Deployment 'llama-default': 1 of 2 replicas ready"),
             cond("ChildrenSynced", "True", "Applied", "5 children applied"),
+            cond("Reconciling", "True", "RollingOut",
+                 "Deployment 'llama-default': 1 of 2 replicas ready"),
+            cond("Stalled", "False", "NotStalled", "nothing blocks progress"),
         ],
     }
 

@@ -98,7 +98,21 @@ SCHEDULABLE: Final = "Schedulable"
 PROGRESSING: Final = "Progressing"
 CHILDREN_SYNCED: Final = "ChildrenSynced"  # Every child object was applied as rendered.
 
-CONDITION_TYPES: Final = (READY, CAPACITY_PLANNED, SCHEDULABLE, PROGRESSING, CHILDREN_SYNCED)
+# kstatus "abnormal-true" conditions, which Flux and other GitOps health checks read
+# (sigs.k8s.io/cli-utils pkg/kstatus: https://github.com/kubernetes-sigs/cli-utils/blob/master/pkg/kstatus/README.md):
+# True while the operator is still working toward the spec (first visit, rollout, transient errors).
+RECONCILING_TYPE: Final = "Reconciling"
+STALLED: Final = "Stalled"  # True when no progress is possible without a change; reason says why.
+
+CONDITION_TYPES: Final = (
+    READY,
+    CAPACITY_PLANNED,
+    SCHEDULABLE,
+    PROGRESSING,
+    CHILDREN_SYNCED,
+    RECONCILING_TYPE,
+    STALLED,
+)
 # Set only while `spec.autoscaling.policy` is not 'Disabled' (removed when it is):
 # Prometheus answered with current vLLM metrics for every Ready pod of every pool.
 METRICS_AVAILABLE: Final = "MetricsAvailable"
@@ -151,6 +165,20 @@ APPLY_FAILED: Final = "ApplyFailed"  # A transient API error; retried.
 REPLICAS_READY: Final = "ReplicasReady"  # Every desired replica of every pool is ready.
 REPLICAS_NOT_READY: Final = "ReplicasNotReady"  # Some desired replica is not ready yet.
 
+# Ready/Progressing/Stalled, from the pods and workloads of a pool (controller.conditions
+# `classify_pools`). Container waiting reasons are the kubelet's own and are passed through as
+# they are: ImagePullBackOff, ErrImagePull, InvalidImageName, CrashLoopBackOff,
+# CreateContainerConfigError, CreateContainerError, RunContainerError.
+OOM_KILLED: Final = "OOMKilled"  # A container was killed for exceeding its memory.
+# The workload controller could not create pods (quota, Pod Security, admission webhooks).
+FAILED_CREATE: Final = "FailedCreate"
+# The Deployment's rollout made no progress within progressDeadlineSeconds.
+PROGRESS_DEADLINE_EXCEEDED: Final = "ProgressDeadlineExceeded"
+
+# Reconciling / Stalled
+RECONCILED: Final = "Reconciled"  # Reconciling False: the status reflects the spec, nothing moves.
+NOT_STALLED: Final = "NotStalled"  # Stalled False: nothing blocks progress.
+
 # MetricsAvailable (the autoscaler holds replicas unless it is True)
 METRICS_CURRENT: Final = "MetricsCurrent"  # Every Ready pod reported fresh, finite samples.
 # Prometheus could not be queried (connection, HTTP error, timeout, URL not allowed).
@@ -183,3 +211,5 @@ EVENT_NOT_READY: Final = "NotReady"  # Ready turned False after having been True
 EVENT_CONFLICT: Final = "Conflict"  # ChildrenSynced turned False with CONFLICT.
 EVENT_UNSCHEDULABLE: Final = "Unschedulable"  # Schedulable turned False.
 EVENT_POOL_DELETED: Final = "PoolDeleted"  # The children of a pool the plan dropped were deleted.
+# Stalled turned True (or changed reason): the event reason is the Stalled reason itself
+# (ImagePullBackOff, OOMKilled, FailedCreate, Infeasible, InsufficientGpus, ...).

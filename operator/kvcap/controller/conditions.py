@@ -4,14 +4,21 @@
 `observedGeneration` is always stamped, and a new list is returned. `build_status` writes exactly
 the fields of the CRD's strict status schema. `transition_events` compares two statuses and
 says which single-line events to post (events only on transitions, never on every resync).
+
+Pod and workload failures (`classify_pools`) surface in Ready, Progressing and Stalled. Besides
+kvcap's own conditions the status follows kstatus (sigs.k8s.io/cli-utils pkg/kstatus, which Flux
+and other GitOps health checks use; Argo CD's health script docs/argocd-health.lua reads the same
+fields): `observedGeneration` on every write, `Reconciling=True` while work is under way,
+`Stalled=True` with a reason when nothing can progress without a change, `Ready=True` when serving.
+docs/status.md says what each condition and reason means.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from kvcap.api import constants as kc
 from kvcap.capacity.plan_types import CapacityPlan
@@ -104,19 +111,175 @@ def get_condition(status: Mapping[str, Any] | None, type: str) -> Mapping[str, A
 
 
 def initial_conditions(generation: int, now: datetime) -> list[dict[str, Any]]:
-    """Every condition Unknown/Reconciling: written on the first visit (kubebuilder memcached)."""
+    """Every condition Unknown/Reconciling, except the kstatus pair: Reconciling=True,
+    Stalled=False (written on the first visit, as kubebuilder's memcached example does)."""
     conds: list[dict[str, Any]] = []
+    first = {kc.RECONCILING_TYPE: "True", kc.STALLED: "False"}
     for type_ in kc.CONDITION_TYPES:
         conds = set_condition(
             conds,
             type=type_,
-            status="Unknown",
+            status=first.get(type_, "Unknown"),  # type: ignore[arg-type]
             reason=kc.RECONCILING,
             message="the operator has not finished reconciling this generation",
             generation=generation,
             now=now,
         )
     return conds
+
+
+# --- pod and workload failures ---
+
+
+class PoolState(Protocol):
+    """What observe read about one pool (kvcap.controller.decide.PoolRuntime)."""
+
+    @property
+    def workload(self) -> Mapping[str, Any] | None: ...
+
+    @property
+    def pods(self) -> Sequence[Mapping[str, Any]]: ...
+
+
+#: Container waiting reasons that mean the pod will not start without a change, in the order
+#: they are reported. Sources: kubelet `pkg/kubelet/images/types.go` (ErrImagePull,
+#: ImagePullBackOff, InvalidImageName, ErrImageNeverPull) and `pkg/kubelet/kuberuntime`
+#: (CrashLoopBackOff, CreateContainerConfigError, CreateContainerError, RunContainerError).
+WAITING_FAILURES: tuple[str, ...] = (
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+)
+
+
+def _pod_failure(pod: Mapping[str, Any]) -> tuple[int, str, str] | None:
+    """(rank, reason, message) of one pod that is not Ready and will not get there by itself."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded",):
+        return None
+    if any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    ):
+        return None
+    name = meta.get("name", "?")
+    best: tuple[int, str, str] | None = None
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        cname = cs.get("name", "?")
+        restarts = int(cs.get("restartCount") or 0)
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        now = (cs.get("state") or {}).get("terminated") or {}
+        for term in (now, last):
+            if term.get("reason") == kc.OOM_KILLED:
+                found = (
+                    0,
+                    kc.OOM_KILLED,
+                    f"pod '{name}': container '{cname}' was OOMKilled (exit code "
+                    f"{term.get('exitCode', 137)}, {restarts} restarts): it needs more memory "
+                    f"than the node or its limit gives it",
+                )
+                best = found if best is None or found[0] < best[0] else best
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in WAITING_FAILURES:
+            detail = " ".join(str(waiting.get("message") or "").split())
+            found = (
+                1 + WAITING_FAILURES.index(reason),
+                str(reason),
+                f"pod '{name}': container '{cname}' is waiting in {reason}"
+                + (f": {detail}" if detail else "")
+                + (f" ({restarts} restarts)" if restarts else ""),
+            )
+            best = found if best is None or found[0] < best[0] else best
+    return best
+
+
+def _workload_failure(workload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """FailedCreate (ReplicaFailure) or ProgressDeadlineExceeded from a Deployment's conditions
+    (https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#deployment-status)."""
+    kind = workload.get("kind", "Deployment")
+    name = (workload.get("metadata") or {}).get("name", "?")
+    conds = (workload.get("status") or {}).get("conditions") or ()
+    for cond in conds:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            text = " ".join(str(cond.get("message") or "pods could not be created").split())
+            return kc.FAILED_CREATE, f"{kind} '{name}' cannot create pods: {text}"
+    for cond in conds:
+        if (
+            cond.get("type") == "Progressing"
+            and cond.get("status") == "False"
+            and cond.get("reason") == kc.PROGRESS_DEADLINE_EXCEEDED
+        ):
+            text = " ".join(str(cond.get("message") or "").split())
+            return kc.PROGRESS_DEADLINE_EXCEEDED, f"{kind} '{name}': {text}"
+    return None
+
+
+def classify_pools(pools: Mapping[str, PoolState]) -> Check | None:
+    """Why a pool's replicas do not become ready, when waiting will not help: the first failing
+    pool (by name) and its most telling failure (OOMKilled, then the container waiting reasons in
+    `WAITING_FAILURES` order, then FailedCreate, then ProgressDeadlineExceeded). None when
+    nothing failed (pods still pulling, starting or pending on the scheduler are not failures:
+    Schedulable reports the scheduler)."""
+    for pool_name in sorted(pools):
+        state = pools[pool_name]
+        failures = [f for f in (_pod_failure(p) for p in state.pods) if f is not None]
+        if failures:
+            _rank, reason, message = min(failures, key=lambda f: f[0])
+            same = sum(1 for f in failures if f[1] == reason)
+            more = f" (and {same - 1} more pod(s))" if same > 1 else ""
+            return Check("False", reason, f"pool '{pool_name}': {message}{more}")
+        if state.workload is not None:
+            found = _workload_failure(state.workload)
+            if found is not None:
+                return Check("False", found[0], f"pool '{pool_name}': {found[1]}")
+    return None
+
+
+#: Reasons that mean no progress without a change (kstatus Stalled). Transient ones (the Hub
+#: unreachable, a Secret still to come, pods still starting or unschedulable for now) are not.
+STALLING_REASONS = frozenset(
+    {
+        kc.INVALID_SPEC,
+        kc.INFEASIBLE,
+        kc.NEEDS_MULTI_NODE,
+        kc.INVALID_MODEL_CONFIG,
+        kc.PLANNER_ERROR,
+        kc.INSUFFICIENT_GPUS,
+        kc.NO_NODE_FITS_REPLICA,
+        kc.CONFLICT,
+        kc.APPLY_REJECTED,
+        kc.OOM_KILLED,
+        kc.FAILED_CREATE,
+        kc.PROGRESS_DEADLINE_EXCEEDED,
+        *WAITING_FAILURES,
+    }
+)
+
+
+def check_stalled(checks: Iterable[Check]) -> Check:
+    """Stalled: the first check (in the order given) that failed for a stalling reason."""
+    for check in checks:
+        if check.status == "False" and check.reason in STALLING_REASONS:
+            return Check("True", check.reason, check.message)
+    return Check("False", kc.NOT_STALLED, "nothing blocks progress")
+
+
+def check_reconciling(stalled: Check, planned: Check, progressing: Check) -> Check:
+    """Reconciling: True while the operator still works toward the spec (kstatus: never together
+    with Stalled=True)."""
+    if stalled.ok:
+        return Check("False", stalled.reason, "stalled: " + stalled.message)
+    if planned.status != "True" and planned.reason not in STALLING_REASONS:
+        return Check("True", planned.reason, planned.message)
+    if progressing.status == "True":
+        return Check("True", progressing.reason, progressing.message)
+    return Check("False", kc.RECONCILED, "the status reflects the current spec")
 
 
 # --- rollout assessment ---
@@ -253,8 +416,12 @@ def build_status(
     paused: bool,
     vllm_version: str,
     now: datetime,
+    failure: Check | None = None,
 ) -> dict[str, Any]:
     """The whole status: exactly the fields of the CRD's status schema.
+
+    `failure`: what `classify_pools` found wrong with the pods or workloads (None: nothing),
+    surfaced in Ready, Progressing and Stalled.
 
     `plan` is the planner's result (feasible or not) or None when there is none (invalid spec,
     missing config); `planned` is the CapacityPlanned check; `names` maps pool -> (workload name,
@@ -264,6 +431,16 @@ def build_status(
     progressing = check_progress(feasible_plan, workloads, paused=paused)
     ready = check_ready(planned, synced, feasible_plan, workloads)
     desired, ready_replicas = ready_counts(feasible_plan, workloads)
+    if failure is not None and feasible_plan is not None:
+        # "0 of 3 replicas ready" says nothing; the pods' own reason does.
+        if ready.status != "True":
+            ready = Check("False", failure.reason, f"{ready.message}; {failure.message}")
+        if not paused:
+            progressing = Check("False", failure.reason, failure.message)
+    stalled = check_stalled(
+        (planned, synced, schedulable, *((failure,) if failure is not None else ()))
+    )
+    reconciling = check_reconciling(stalled, planned, progressing)
 
     conds: list[dict[str, Any]] = list((old_status or {}).get("conditions") or [])
     for type_, check in (
@@ -272,6 +449,8 @@ def build_status(
         (kc.SCHEDULABLE, schedulable),
         (kc.PROGRESSING, progressing),
         (kc.CHILDREN_SYNCED, synced),
+        (kc.RECONCILING_TYPE, reconciling),
+        (kc.STALLED, stalled),
     ):
         conds = set_condition(
             conds,
@@ -393,6 +572,11 @@ def _pool_scale_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[E
     return events
 
 
+_POD_FAILURE_REASONS = frozenset(
+    {kc.OOM_KILLED, kc.FAILED_CREATE, kc.PROGRESS_DEADLINE_EXCEEDED, *WAITING_FAILURES}
+)
+
+
 def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """Events for what changed between two statuses. Empty when nothing transitioned."""
     old = old or {}
@@ -432,6 +616,11 @@ def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
         events.append(
             Event("Warning", kc.EVENT_METRICS_UNAVAILABLE, f"{cond['reason']}: {cond['message']}")
         )
+    cond = flipped(kc.STALLED, "True")
+    if cond is not None and cond.get("reason") in _POD_FAILURE_REASONS:
+        # Pod and workload failures have no other event of kvcap's; the rest already have theirs
+        # (PlanInfeasible, Conflict, Unschedulable).
+        events.append(Event("Warning", str(cond["reason"]), cond["message"]))
     cond = flipped(kc.CHILDREN_SYNCED, "False")
     if cond is not None and cond.get("reason") == kc.CONFLICT:
         events.append(Event("Warning", kc.EVENT_CONFLICT, cond["message"]))

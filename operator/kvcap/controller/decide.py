@@ -786,7 +786,8 @@ def assess(
         schedulable = Check("Unknown", kc.NOT_PLANNED, "the spec is invalid")
     else:
         schedulable = check_schedulable(spec, runnable, obs.inventory, unschedulable_pods(obs.pods))
-    # Extension point (b): policy.classify(obs.pools) -> a pod-failure Check surfaced in status.
+    # Extension point (b): pod and workload failures, surfaced in Ready/Progressing/Stalled.
+    pod_failure = policy.classify(obs.pools) if policy.classify is not None else None
     name = obs.owner.name
     names = {
         p.name: (child_name(name, p.name), child_name(name, p.name))
@@ -806,6 +807,7 @@ def assess(
         else bool((obs.obj.get("spec") or {}).get("paused")),
         vllm_version=vllm_version(spec, decision.plan),
         now=obs.now,
+        failure=pod_failure,
     )
     pin_status(status, obs.obj, decision.plan)
     _merge_pool_status(status, decision.scales)

@@ -50,6 +50,7 @@ from kvcap.clients.kube import ApiError, Kube, plural_for
 from kvcap.controller.conditions import (
     Check,
     Event,
+    classify_pools,
     get_condition,
     initial_conditions,
     now_utc,
@@ -166,7 +167,7 @@ class OperatorContext:
             ),
             plan_fn=self.plan_fn,
             scale=self.scale,
-            classify=self.classify,
+            classify=self.classify or classify_pools,
             retry_delay_seconds=settings.retry_delay_seconds,
         )
 
