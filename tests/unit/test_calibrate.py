@@ -162,3 +162,54 @@ def test_cli_calibrate_then_estimate_and_plan(tmp_path):
     assert "kvcap - logged" in table.stdout and "63.76 GiB" in table.stdout
     missing = _kvcap("calibrate", "--log", str(log))
     assert missing.returncode == 2 and "--vllm-version" in missing.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator side: the setting, and the planner it hands to decide
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", None),
+    ("kvcap-system/kvcap-calibrations", ("kvcap-system", "kvcap-calibrations")),
+])
+def test_calibration_configmap_setting(value, expected):
+    from kvcap.controller.settings import parse_settings
+    s = parse_settings({"KVCAP_CALIBRATION_CONFIGMAP": value})
+    assert s.calibration_configmap == expected
+    assert s.calibration_key == "calibrations.yaml"
+
+
+@pytest.mark.parametrize("value", ["just-a-name", "Bad/Name", "ns/", "/name"])
+def test_calibration_configmap_setting_is_checked(value):
+    from kvcap.controller.settings import SettingsError, parse_settings
+    with pytest.raises(SettingsError, match="KVCAP_CALIBRATION_CONFIGMAP must be 'namespace/name'"):
+        parse_settings({"KVCAP_CALIBRATION_CONFIGMAP": value})
+
+
+def test_operator_planner_applies_the_configmap_calibrations():
+    import yaml
+
+    from kvcap.api.models import parse_manifest
+    from kvcap.capacity.planner import plan_deployment
+    from kvcap.controller.reconcile import calibrated_plan_fn
+
+    doc = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
+    doc["spec"]["gpu"]["products"] = ["H100-80GB"]
+    spec = parse_manifest(doc).spec
+    plain = plan_deployment(spec)
+    pool = plain.pools[0]
+    version = plain.extra["vllm_version"]  # from the image tag
+    # A team measured 6 GiB more activation memory than kvcap predicts on that GPU and version.
+    text = json.dumps(to_document([Calibration(
+        spec.model.name, pool.gpu_product, version, activation_delta_bytes=6 * 1024**3)]))
+    fn = calibrated_plan_fn(parse_calibrations(text))
+    assert fn is not None and calibrated_plan_fn(()) is None
+    calibrated = fn(spec).pools[0]
+    assert (calibrated.gpu_product, calibrated.tensor_parallel_size) == (
+        pool.gpu_product, pool.tensor_parallel_size)
+    assert calibrated.kv_bytes_per_gpu == pool.kv_bytes_per_gpu - 6 * 1024**3
+    # for another version the entry does not apply
+    other = to_document([Calibration(spec.model.name, pool.gpu_product, "0.1.0",
+                                     activation_delta_bytes=6 * 1024**3)])
+    fn = calibrated_plan_fn(parse_calibrations(json.dumps(other)))
+    assert fn is not None and fn(spec).pools[0].kv_bytes_per_gpu == pool.kv_bytes_per_gpu

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -45,6 +46,8 @@ from kvcap.api import constants as kc
 from kvcap.api.errors import InvalidModelConfig, KvcapError, ModelNotFound
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity import catalog
+from kvcap.capacity.calibration import parse_calibrations
+from kvcap.capacity.memory import Calibration
 from kvcap.clients.hfhub import fetch_config
 from kvcap.clients.kube import ApiError, Kube, plural_for
 from kvcap.controller.conditions import (
@@ -140,6 +143,8 @@ class OperatorContext:
     hub_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     applied: TtlLru[str, tuple[str, str]] = field(default_factory=lambda: TtlLru(100_000))
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    # the calibration ConfigMap's entries (settings.calibration_configmap), re-read before re-plans
+    calibrations: tuple[Calibration, ...] = ()
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -165,11 +170,44 @@ class OperatorContext:
                 epp_service_suffix=settings.epp_service_suffix,
                 epp_port=settings.epp_port,
             ),
-            plan_fn=self.plan_fn,
+            plan_fn=self.plan_fn or calibrated_plan_fn(self.calibrations),
             scale=self.scale,
             classify=self.classify or classify_pools,
             retry_delay_seconds=settings.retry_delay_seconds,
         )
+
+
+def calibrated_plan_fn(calibrations: tuple[Calibration, ...]) -> PlanFn | None:
+    """The planner with a team's calibrations applied; None (the plain planner) without any."""
+    if not calibrations:
+        return None
+    from kvcap.capacity.planner import plan_deployment
+
+    return functools.partial(plan_deployment, calibrations=calibrations)
+
+
+async def refresh_calibrations(ctx: OperatorContext, logger: Logger) -> None:
+    """Re-read the calibration ConfigMap. Advisory: a missing or malformed one is logged and leaves
+    the planner uncalibrated (malformed: the last good entries stay), never fails a reconcile."""
+    ref = ctx.settings.calibration_configmap
+    if ref is None:
+        return
+    namespace, name = ref
+    where = f"calibration ConfigMap {namespace}/{name} key '{ctx.settings.calibration_key}'"
+    try:
+        text = await ctx.kube.read_key("ConfigMap", namespace, name, ctx.settings.calibration_key)
+    except ApiError as err:
+        logger.warning("Cannot read the %s: %s", where, err)
+        return
+    if text is None:
+        if ctx.calibrations:
+            logger.warning("The %s is gone: planning without calibrations", where)
+        ctx.calibrations = ()
+        return
+    try:
+        ctx.calibrations = parse_calibrations(text, where=where)
+    except KvcapError as err:
+        logger.warning("Ignoring the %s: %s", where, err.message)
 
 
 def owner_label(name: str) -> str:
@@ -342,6 +380,8 @@ async def observe(ctx: OperatorContext, obj: Mapping[str, Any], logger: Logger) 
     model_config = (
         await read_model_config(ctx, namespace, spec) if needs_replan(obj) else ModelConfig()
     )
+    if needs_replan(obj):
+        await refresh_calibrations(ctx, logger)
     children = await list_children(ctx, namespace, name, features)
     owned = [c for c in children if is_controlled_by(c, meta["uid"])]
     pods = await read_pods(ctx, namespace, name, owned)

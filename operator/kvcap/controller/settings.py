@@ -23,12 +23,18 @@
 | KVCAP_EPP_SERVICE_SUFFIX | -epp | InferencePool `endpointPickerRef` = `<name><suffix>` |
 | KVCAP_EPP_PORT | 9002 | port of that endpoint picker Service (GIE default ext-proc port) |
 | KVCAP_HF_ENDPOINT | "" | Hugging Face Hub endpoint for config.json fetches (mirror) |
+| KVCAP_CALIBRATION_CONFIGMAP | "" (off) | `namespace/name` of a calibration ConfigMap (below) |
+| KVCAP_CALIBRATION_KEY | calibrations.yaml | the key of that ConfigMap |
+
+The calibration ConfigMap holds `kvcap calibrate --write-override` output; the planner applies the
+entry for each model, GPU product and vLLM version (a team's own measured corrections).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +64,8 @@ class Settings:
     epp_service_suffix: str = "-epp"
     epp_port: int = 9002
     hf_endpoint: str | None = None
+    calibration_configmap: tuple[str, str] | None = None  # (namespace, name)
+    calibration_key: str = "calibrations.yaml"
 
 
 def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
@@ -90,6 +98,23 @@ def _tolerations(raw: str) -> tuple[dict[str, Any], ...]:
                 f"KVCAP_EXTRA_TOLERATIONS has unknown toleration field(s) {sorted(unknown)}"
             )
     return tuple(value)
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _configmap_ref(raw: str) -> tuple[str, str] | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    namespace, _, name = raw.partition("/")
+    if not (_DNS_LABEL.match(namespace) and len(namespace) <= 63
+            and _DNS_SUBDOMAIN.match(name) and len(name) <= 253):
+        raise SettingsError(
+            f"KVCAP_CALIBRATION_CONFIGMAP must be 'namespace/name' of a ConfigMap, got '{raw}'"
+        )
+    return namespace, name
 
 
 def _switch(env: Mapping[str, str], key: str, default: str) -> str:
@@ -127,6 +152,8 @@ def parse_settings(env: Mapping[str, str]) -> Settings:
         epp_service_suffix=env.get("KVCAP_EPP_SERVICE_SUFFIX", "").strip() or "-epp",
         epp_port=int(_number(env, "KVCAP_EPP_PORT", 9002, minimum=1)),
         hf_endpoint=env.get("KVCAP_HF_ENDPOINT", "").strip() or None,
+        calibration_configmap=_configmap_ref(env.get("KVCAP_CALIBRATION_CONFIGMAP", "")),
+        calibration_key=env.get("KVCAP_CALIBRATION_KEY", "").strip() or "calibrations.yaml",
     )
 
 
