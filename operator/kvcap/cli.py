@@ -338,6 +338,10 @@ def render_plan(plan: CapacityPlan) -> str:
         lines.append(f"{p.name} pool: requests {p.min_context_tokens + 1 if p.min_context_tokens else 1}"
                      f"–{p.max_model_len:,} tokens, {p.target_concurrency} concurrent, "
                      f"{p.concurrency_per_replica:.1f} per replica")
+        if p.binding_constraint is not None:
+            lines.append(f"  latency: {p.binding_constraint} binds; predicted TTFT "
+                         f"{p.predicted_ttft_ms or 0:.0f} ms, TPOT {p.predicted_tpot_ms or 0:.1f} ms "
+                         f"at {p.concurrency_per_replica:.1f} requests per replica")
         lines.append("  vllm serve " + " ".join(p.vllm_args))
         for note in p.notes:
             lines.append(f"  note: {note}")

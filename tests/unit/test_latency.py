@@ -101,3 +101,103 @@ def test_tensor_parallel_lowers_decode_step(tp: int, faster: bool) -> None:
         return step_model(arch, gpu, tp=t, weight_bytes_per_gpu=est.weights_bytes,
                           kv_bytes_per_token=est.kv_bytes_per_token).decode_step(8, 8 * 2000)
     assert (at(tp) < at(tp // 2)) is faster
+
+
+# --- latency-aware planning -------------------------------------------------------------------
+
+import copy  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from kvcap.api.models import parse_manifest  # noqa: E402
+from kvcap.capacity.planner import plan_deployment  # noqa: E402
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+LATENCY_KEYS = {"binding_constraint", "predicted_ttft_ms", "predicted_tpot_ms"}
+
+
+def _doc(path: Path) -> dict[str, Any]:
+    return next(d for d in yaml.safe_load_all(path.read_text())
+                if isinstance(d, dict) and d.get("kind") == "ModelDeployment")
+
+
+def _shape(plan: Any) -> list[tuple[Any, ...]]:
+    return [(p.name, p.gpu_product, p.tensor_parallel_size, p.replicas, p.max_num_seqs,
+             p.kv_tokens_per_replica) for p in plan.pools]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_without_objectives_plans_are_unchanged(path: Path) -> None:
+    doc = _doc(path)
+    plain = plan_deployment(parse_manifest(doc).spec)
+    for pool in plain.to_dict()["pools"]:
+        assert not LATENCY_KEYS & set(pool)
+    loose = copy.deepcopy(doc)
+    loose["spec"]["workload"]["latencyObjectives"] = {"ttftMilliseconds": 3_600_000,
+                                                      "tpotMilliseconds": 60_000}
+    planned = plan_deployment(parse_manifest(loose).spec)
+    assert _shape(planned) == _shape(plain)  # objectives that never bind change nothing
+    for pool in planned.pools:
+        assert pool.binding_constraint in ("kv", "max_num_seqs")
+        assert pool.predicted_tpot_ms is not None and pool.predicted_tpot_ms > 0
+
+
+def _llama(objectives: dict[str, int] | None, per_node: int = 8) -> dict[str, Any]:
+    workload: dict[str, Any] = {"maxContextTokens": 16384, "targetConcurrency": 256,
+                                "contextPercentiles": {"p50": 1500, "p90": 4000, "p99": 9000},
+                                "longContextPolicy": "Disabled"}
+    if objectives:
+        workload["latencyObjectives"] = objectives
+    return {"apiVersion": "kvcap.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "l"},
+            "spec": {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"}, "workload": workload,
+                     "gpu": {"products": ["H100-80GB"], "perNode": per_node}}}
+
+
+def test_tight_tpot_adds_replicas_and_says_tpot_binds() -> None:
+    base = plan_deployment(parse_manifest(_llama(None)).spec)
+    tight = plan_deployment(parse_manifest(_llama({"tpotMilliseconds": 15})).spec)
+    assert tight.feasible
+    (pool,) = tight.pools
+    assert pool.binding_constraint == "tpot"
+    assert pool.predicted_tpot_ms is not None and pool.predicted_tpot_ms <= 15
+    assert tight.total_gpus > base.total_gpus
+    assert pool.max_num_seqs <= base.pools[0].max_num_seqs
+    assert tight.to_dict()["pools"][0]["binding_constraint"] == "tpot"
+
+
+def test_ttft_binds_when_the_objective_is_below_the_kv_bound_prediction() -> None:
+    # One GPU per node: TP 1 only, so a tighter TTFT can only be met with fewer requests per
+    # replica (more replicas).
+    loose = plan_deployment(parse_manifest(_llama({"ttftMilliseconds": 60_000}, 1)).spec)
+    at_kv = loose.pools[0].predicted_ttft_ms
+    assert at_kv is not None and loose.pools[0].binding_constraint == "kv"
+    objective = int(at_kv) - 5  # decodes sharing the prefill steps cost those 5 ms
+    plan = plan_deployment(parse_manifest(_llama({"ttftMilliseconds": objective}, 1)).spec)
+    assert plan.feasible
+    pool = plan.pools[0]
+    assert pool.binding_constraint == "ttft"
+    assert pool.predicted_ttft_ms is not None and pool.predicted_ttft_ms <= objective
+    assert pool.concurrency_per_replica < loose.pools[0].concurrency_per_replica
+
+
+def test_tight_ttft_prefers_a_larger_tp_at_equal_cost() -> None:
+    # With 8 GPUs per node the same 2 GPUs as TP 2 prefill twice as fast.
+    plan = plan_deployment(parse_manifest(_llama({"ttftMilliseconds": 300})).spec)
+    assert plan.feasible
+    (pool,) = plan.pools
+    assert pool.tensor_parallel_size >= 2
+    assert pool.predicted_ttft_ms is not None and pool.predicted_ttft_ms <= 300
+
+
+def test_impossible_objective_is_infeasible_with_the_reason() -> None:
+    plan = plan_deployment(parse_manifest(_llama({"tpotMilliseconds": 1})).spec)
+    assert not plan.feasible
+    assert "misses the latency objectives" in plan.message
+
+
+def test_objectives_must_set_one_target() -> None:
+    with pytest.raises(ValidationError, match="ttftMilliseconds or tpotMilliseconds"):
+        parse_manifest(_llama({"percentile": 90}))

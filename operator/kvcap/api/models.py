@@ -161,6 +161,34 @@ class ContextPercentiles(ApiModel):
         return self
 
 
+class LatencyObjectives(ApiModel):
+    """Latency each pool is sized for, besides its KV budget (same step-time model as
+    `kvcap simulate`). Must set `ttftMilliseconds` or `tpotMilliseconds`.
+    """
+
+    ttft_milliseconds: Annotated[int | None, Field(
+        strict=True, default=None, ge=1, le=3_600_000,
+        description="Time to first token, in milliseconds, for a request of the pool's "
+        "`percentile` length arriving while the replica is at its planned concurrency.",
+    )] = None
+    tpot_milliseconds: Annotated[int | None, Field(
+        strict=True, default=None, ge=1, le=60_000,
+        description="Time per output token, in milliseconds, of a replica decoding its planned "
+        "concurrency of requests of the pool's `percentile` length.",
+    )] = None
+    percentile: Annotated[int, Field(
+        strict=True, default=99, ge=50, le=99,
+        description="Request-length percentile the objectives hold for (from "
+        "`contextPercentiles`; without them every request is `maxContextTokens` long).",
+    )] = 99
+
+    @model_validator(mode="after")
+    def _something_set(self) -> LatencyObjectives:
+        if self.ttft_milliseconds is None and self.tpot_milliseconds is None:
+            raise ValueError("latencyObjectives must set ttftMilliseconds or tpotMilliseconds")
+        return self
+
+
 class WorkloadSpec(ApiModel):
     """The traffic the deployment must carry."""
 
@@ -196,6 +224,11 @@ class WorkloadSpec(ApiModel):
         strict=True, default=10, ge=0, le=90,
         description="Share of each replica's KV cache kept free at target concurrency.",
     )] = 10
+    latency_objectives: Annotated[LatencyObjectives | None, Field(
+        default=None,
+        description="Optional TTFT/TPOT targets: each pool gets as many replicas as both the KV "
+        "budget and these need; the plan says which constraint binds and the predicted latency.",
+    )] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
@@ -475,7 +508,7 @@ def parse_manifest(doc: dict[str, Any]) -> ModelDeployment:
 __all__ = [
     "API_VERSION", "KIND", "KV_CACHE_DTYPE_FLAG", "MAX_NAME_LENGTH", "NAME_PATTERN",
     "PLANNED_FLAGS", "QUANTITY_PATTERN", "QUANTIZATION_FLAG", "AutoscalingSpec",
-    "ContextPercentiles", "EnvVar", "GpuSpec", "LocalObjectKeyRef", "ModelDeployment",
+    "ContextPercentiles", "EnvVar", "GpuSpec", "LatencyObjectives", "LocalObjectKeyRef", "ModelDeployment",
     "ModelDeploymentSpec", "ModelSpec", "VllmSpec", "WorkloadSpec", "parse_manifest",
     "parse_quantity", "planned_flag_of",
 ]

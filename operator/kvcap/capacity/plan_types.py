@@ -28,12 +28,25 @@ class PoolPlan:
     headroom_percent: float  # KV left free at target concurrency
     vllm_args: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    # Only with `workload.latencyObjectives`: what limits requests per replica ("kv",
+    # "max_num_seqs", "ttft", "tpot") and the latency predicted at the planned concurrency.
+    binding_constraint: str | None = None
+    predicted_ttft_ms: float | None = None
+    predicted_tpot_ms: float | None = None
 
     @property
     def total_gpus(self) -> int:
         return self.replicas * self.gpus_per_replica
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._base_dict()
+        if self.binding_constraint is not None:
+            out["binding_constraint"] = self.binding_constraint
+            out["predicted_ttft_ms"] = round(self.predicted_ttft_ms or 0.0, 1)
+            out["predicted_tpot_ms"] = round(self.predicted_tpot_ms or 0.0, 2)
+        return out
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "gpu_product": self.gpu_product,

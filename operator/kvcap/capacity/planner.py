@@ -92,6 +92,20 @@ class LengthModel:
         z = (math.log(hi) - m - 2 * s * s) / s
         return math.exp(2 * m + 2 * s * s) * _phi(z) + hi * hi * self.tail(hi)
 
+    def quantile(self, q: float, lo: float = 0.0, hi: float | None = None) -> float:
+        """The q-quantile (0 < q < 1) of X given X > lo, capped at hi."""
+        hi = float(self.cap if hi is None else hi)
+        below_lo = 1.0 - self.tail(lo) if lo > 0 else 0.0
+        target = below_lo + q * (1.0 - below_lo)
+        a, b = -10.0, 10.0  # invert the normal CDF by bisection (no scipy in the core)
+        for _ in range(80):
+            mid = (a + b) / 2
+            if _phi(mid) < target:
+                a = mid
+            else:
+                b = mid
+        return min(hi, max(lo, math.exp(self.mu + self.sigma * (a + b) / 2)))
+
 
 @dataclass(frozen=True, slots=True)
 class PoolDemand:
@@ -101,6 +115,7 @@ class PoolDemand:
     concurrency: int  # requests at once
     mean_tokens: float  # mean request length in this pool
     demand_tokens: float  # KV tokens to hold at the 95th percentile of the summed length
+    pct_tokens: float = 0.0  # request length at the latency objectives' percentile (0: not set)
 
     @property
     def effective_requests(self) -> float:
@@ -108,16 +123,19 @@ class PoolDemand:
         return self.demand_tokens / max(self.mean_tokens, 1.0)
 
 
-def _demand(name: str, lo: int, hi: int, n: int, lengths: LengthModel | None) -> PoolDemand:
+def _demand(name: str, lo: int, hi: int, n: int, lengths: LengthModel | None,
+            percentile: int | None = None) -> PoolDemand:
     if lengths is None:
-        return PoolDemand(name, lo, hi, n, float(hi), float(n * hi))
+        return PoolDemand(name, lo, hi, n, float(hi), float(n * hi),
+                          float(hi) if percentile else 0.0)
     mean = max(1.0, lengths.mean(lo, hi))
     if lo > 0:
         var = (hi - lo) ** 2 / 12  # a thin tail: treat lengths as uniform over (lo, hi]
     else:
         var = max(0.0, lengths.second_moment(hi) - mean * mean)
     demand = n * mean + Z95 * math.sqrt(n * var)
-    return PoolDemand(name, lo, hi, n, mean, min(demand, float(n * hi)))
+    pct = lengths.quantile(percentile / 100, lo, hi) if percentile else 0.0
+    return PoolDemand(name, lo, hi, n, mean, min(demand, float(n * hi)), pct)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +152,9 @@ class Candidate:
     requests_per_replica: float  # mean-length requests one replica holds (KV headroom applied)
     max_num_seqs: int
     cost: float
+    binding: str | None = None  # with latency objectives: "kv", "max_num_seqs", "ttft" or "tpot"
+    ttft_ms: float | None = None  # predicted at the planned concurrency
+    tpot_ms: float | None = None
 
     @property
     def gpus_per_replica(self) -> int:
@@ -215,8 +236,77 @@ def _evaluate(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, demand: Pool
     # max_num_seqs: what the KV cache holds at the mean length, so vLLM does not admit more than it
     # can keep without preempting; never above the cap.
     max_num_seqs = max(1, min(seqs_cap, int(at_mean.max_concurrency)))
+    objectives = spec.workload.latency_objectives
+    if objectives is None:
+        cost = replicas * tp * pp * gpu_cost(gpu)
+        return Candidate(gpu, tp, pp, replicas, est, per_replica, max_num_seqs, cost)
+    fit = _latency_fit(arch, gpu, spec, demand, est, tp, pp, per_replica)
+    if isinstance(fit, str):
+        return fit
+    concurrency, binding, ttft_ms, tpot_ms = fit
+    if binding == "kv" and capacity > seqs_cap:
+        binding = "max_num_seqs"
+    if binding in ("ttft", "tpot"):
+        per_replica = concurrency
+        replicas = max(1, math.ceil(demand.effective_requests / per_replica - 1e-9))
+        max_num_seqs = max(1, min(max_num_seqs, int(concurrency)))
     cost = replicas * tp * pp * gpu_cost(gpu)
-    return Candidate(gpu, tp, pp, replicas, est, per_replica, max_num_seqs, cost)
+    return Candidate(gpu, tp, pp, replicas, est, per_replica, max_num_seqs, cost, binding,
+                     ttft_ms, tpot_ms)
+
+
+def _latency_fit(arch: ModelArch, gpu: Gpu, spec: ModelDeploymentSpec, demand: PoolDemand,
+                 est: Estimate, tp: int, pp: int,
+                 kv_concurrency: float) -> tuple[float, str, float, float] | str:
+    """The most mean-length requests per replica (<= the KV bound) that meet the latency
+    objectives, which constraint binds, and the predicted TTFT/TPOT (ms) there; or why even one
+    request misses them.
+
+    TPOT: one decode step of `c` requests holding `c` x the pool's mean length of KV. TTFT: the
+    prompt of the objectives' percentile length, prefilled in `max_num_batched_tokens` chunks next
+    to `c - 1` decoding requests, plus the API-server overhead (kvcap.capacity.latency).
+    """
+    obj = spec.workload.latency_objectives
+    assert obj is not None
+    model = step_model(arch, gpu, tp=tp, pp=pp, weight_bytes_per_gpu=est.weights_bytes,
+                       kv_bytes_per_token=est.kv_bytes_per_token)
+    length = int(min(demand.max_model_len, max(1.0, demand.pct_tokens or demand.max_model_len)))
+    mean = int(max(1.0, demand.mean_tokens))
+    chunk = est.max_num_batched_tokens
+
+    def ttft(c: int) -> float:
+        return model.ttft(length, chunk, c - 1, (c - 1) * mean) * 1e3
+
+    def tpot(c: int) -> float:
+        return model.decode_step(c, c * mean) * 1e3
+
+    def misses(c: int) -> str | None:
+        if obj.tpot_milliseconds is not None and tpot(c) > obj.tpot_milliseconds:
+            return "tpot"
+        if obj.ttft_milliseconds is not None and ttft(c) > obj.ttft_milliseconds:
+            return "ttft"
+        return None
+
+    shape = f"{gpu.name} TP {tp}" + (f" PP {pp}" if pp > 1 else "")
+    first = misses(1)
+    if first is not None:
+        what = (f"TPOT {tpot(1):.1f} ms > tpotMilliseconds {obj.tpot_milliseconds}"
+                if first == "tpot" else
+                f"TTFT {ttft(1):.0f} ms for a {length}-token prompt > ttftMilliseconds "
+                f"{obj.ttft_milliseconds}")
+        return f"{shape}: even one request alone misses the latency objectives ({what})"
+    top = max(1, int(kv_concurrency))
+    if misses(top) is None:
+        return kv_concurrency, "kv", ttft(top), tpot(top)
+    lo, hi = 1, top  # misses(lo) is None, misses(hi) is not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if misses(mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    binding = misses(hi) or "tpot"
+    return float(lo), binding, ttft(lo), tpot(lo)
 
 
 def _search(arch: ModelArch, gpus: Sequence[Gpu], spec: ModelDeploymentSpec,
@@ -356,6 +446,9 @@ def _pool(spec: ModelDeploymentSpec, demand: PoolDemand, cand: Candidate) -> Poo
         headroom_percent=headroom,
         vllm_args=vllm_args(spec, cand, demand.max_model_len),
         notes=tuple(notes),
+        binding_constraint=cand.binding,
+        predicted_ttft_ms=cand.ttft_ms,
+        predicted_tpot_ms=cand.tpot_ms,
     )
 
 
@@ -435,7 +528,8 @@ def _plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None
     threshold, split_why = _split_threshold(spec)
     version = profile(spec.vllm.resolved_version()).label
 
-    single = _demand("default", 0, w.max_context_tokens, n, lengths)
+    pct = w.latency_objectives.percentile if w.latency_objectives else None
+    single = _demand("default", 0, w.max_context_tokens, n, lengths, pct)
     single_cands, single_why = _search(arch, gpus, spec, single)
     single_cands = _budget(single_cands, spec, cluster_gpus)
 
@@ -446,8 +540,8 @@ def _plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None
         frac = lengths.tail(threshold) if lengths else 0.01
         n_long = max(1, math.ceil(n * frac))
         n_short = max(1, n - n_long) if n > 1 else 1
-        short = _demand("default", 0, threshold, n_short, lengths)
-        long = _demand("long", threshold, w.max_context_tokens, n_long, lengths)
+        short = _demand("default", 0, threshold, n_short, lengths, pct)
+        long = _demand("long", threshold, w.max_context_tokens, n_long, lengths, pct)
         sc, _ = _search(arch, gpus, spec, short)
         lc, _ = _search(arch, gpus, spec, long)
         sc, lc = _budget(sc, spec, cluster_gpus), _budget(lc, spec, cluster_gpus)
