@@ -76,13 +76,18 @@ CASES = [
     ("gqa-block32", llama(), ServeArgs(max_model_len=8000, block_size=32, kv_cache_memory_bytes=KV_GIVEN),
      131072, 327680, 10240 / 250),
     # MLA: 27 x (512 + 64) x 2 = 31104 B/token, NOT divided by TP; 40 GiB / 18432 / 27 = 86302 blocks.
-    ("mla-tp1", deepseek_mla(), ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
-     31104, 1380832, 168.56),
-    ("mla-tp2", deepseek_mla(), ServeArgs(tensor_parallel_size=2, max_model_len=8192,
+    ("mla-tp1", deepseek_mla(), ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN,
+                                          block_size=16), 31104, 1380832, 168.56),
+    ("mla-tp2", deepseek_mla(), ServeArgs(tensor_parallel_size=2, max_model_len=8192, block_size=16,
                                           kv_cache_memory_bytes=KV_GIVEN), 31104, 1380832, 168.56),
+    # Without --block-size, MLA on an H100 runs FlashMLA with 64-token blocks (PR #13747):
+    # 40 GiB / (64 x 1152) / 27 = 21575 blocks -> 1380800 tokens, 8192 tokens = 128 blocks.
+    ("mla-h100-flashmla-block64", deepseek_mla(),
+     ServeArgs(max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN), 31104, 1380800, 21575 / 128),
     # Decode context parallel 2 multiplies the token line; a request needs half the blocks per rank.
     ("mla-dcp2", deepseek_mla(), ServeArgs(tensor_parallel_size=2, decode_context_parallel_size=2,
-                                           max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN),
+                                           max_model_len=8192, kv_cache_memory_bytes=KV_GIVEN,
+                                           block_size=16),
      31104, 2761664, 337.12),
     # Gemma 2 (float32 checkpoint served in bf16): 21 sliding + 21 full layers -> 2 groups of 21.
     # page = 16 x 8 x 256 x 2 x 2 = 131072; blocks = 40 GiB / 131072 / 21 = 15603;

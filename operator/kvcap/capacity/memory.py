@@ -182,6 +182,21 @@ def default_batch_limits(gpu: Gpu, prof: VllmProfile) -> tuple[int, int]:
     return 256, 2048
 
 
+def backend_block_size(arch: ModelArch, gpu: Gpu, prof: VllmProfile) -> int | None:
+    """The block size the default attention backend forces when `--block-size` is not given (None:
+    vLLM's DEFAULT_BLOCK_SIZE). MLA on Hopper runs FlashMLA, which supports only 64-token blocks
+    (PR #13747 sets it; vllm/platforms/cuda.py); on Blackwell CUTLASS MLA, 128 (the override that
+    PR #24692 copies for FlashInfer MLA)."""
+    if not arch.is_mla or prof.engine != "V1" or gpu.vendor != "nvidia":
+        return None
+    name = gpu.name.upper()
+    if any(k in name for k in ("B200", "B300", "GB200", "GB300")):
+        return 128
+    if any(k in name for k in ("H100", "H200", "H20", "H800", "GH200")):
+        return 64
+    return None
+
+
 def kv_dtype_bytes(kv_cache_dtype: str, arch: ModelArch) -> int:
     if kv_cache_dtype not in KV_DTYPES:
         raise InvalidArgument(
@@ -519,7 +534,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
                 graph = max(0, graph + cal.cudagraph_delta_bytes)
         available = int(total * util) - weights - act - non_torch - graph
 
-    lay = _layout(arch, tp, kv_bytes, args.block_size, prof, args.disable_hybrid_kv_cache_manager,
+    lay = _layout(arch, tp, kv_bytes, args.block_size or backend_block_size(arch, gpu, prof), prof,
+                  args.disable_hybrid_kv_cache_manager,
                   args.kv_cache_dtype)
     bs = lay.block_size
     stages = pp_layer_split(len(arch.layer_kinds), pp)
