@@ -41,7 +41,24 @@ def test_gated_deltanet_state_matches_vllm_shape() -> None:
     assert state is not None
     assert state.conv_elems == 3 * (2 * 16 * 128 + 48 * 128)
     assert state.ssm_elems == 48 * 128 * 128
-    assert state.bytes_per_rank(tp=2, dtype_bytes=2) == (3 * 10240 // 2 + 48 * 128 * 128 // 2) * 2
+    # conv state in the model dtype, recurrent state in the checkpoint's mamba_ssm_dtype (float32)
+    assert state.bytes_per_rank(tp=2, dtype_bytes=2) == 3 * 10240 // 2 * 2 + 48 * 128 * 128 // 2 * 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "ssm_bytes"),
+    [({}, 2), ({"mamba_ssm_dtype": "float32"}, 4), ({"mamba_ssm_cache_dtype": "float32"}, 4),
+     ({"mamba_ssm_dtype": "bfloat16"}, 2)],
+)
+def test_recurrent_state_dtype_follows_the_checkpoint(extra: dict[str, Any], ssm_bytes: int) -> None:
+    # Qwen3.5 ships mamba_ssm_dtype "float32"; vLLM copies it into --mamba-ssm-cache-dtype ("auto")
+    cfg = {"model_type": "qwen3_next", "hidden_size": 2048, "num_hidden_layers": 4,
+           "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256, "vocab_size": 151936,
+           "intermediate_size": 5120, "full_attention_interval": 4, "linear_num_key_heads": 16,
+           "linear_key_head_dim": 128, "linear_num_value_heads": 32, "linear_value_head_dim": 128,
+           "linear_conv_kernel_dim": 4, "torch_dtype": "bfloat16", **extra}
+    state = parse_config(cfg).mamba
+    assert state is not None and state.ssm_dtype_bytes == ssm_bytes
 
 
 @pytest.mark.parametrize(

@@ -255,7 +255,14 @@ def _indexer_bytes(cfg: dict[str, Any]) -> int:
 
 
 def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
-    ssm_dtype = str(cfg.get("mamba_ssm_cache_dtype") or "").replace("torch.", "")
+    # The recurrent-state dtype: `mamba_ssm_cache_dtype` (Nemotron-H style), or the checkpoint's
+    # `mamba_ssm_dtype` (Qwen3.5: "float32"), which vLLM copies into --mamba-ssm-cache-dtype when
+    # that is "auto" (Qwen3_5ForConditionalGenerationConfig.verify_and_update_config in
+    # vllm/model_executor/models/config.py). Checked on the openshift-psap v0.18 H200 logs of the
+    # Qwen3.5 FP8-dynamic checkpoints: a float32 state gives the 1,056-token attention block and
+    # the logged concurrency exactly (bf16 would give 544 tokens).
+    ssm_dtype = str(cfg.get("mamba_ssm_cache_dtype") or cfg.get("mamba_ssm_dtype") or "")
+    ssm_dtype = ssm_dtype.replace("torch.", "")
     ssm_bytes = DTYPE_BYTES.get(ssm_dtype, dtype_bytes)
     linear = cfg.get("linear_attn_config")
     if isinstance(linear, dict) and linear.get("kda_layers") is not None:
