@@ -52,7 +52,7 @@ def test_no_duplicate_ids_or_aliases():
     seen = {}
     for path in MODEL_FILES:
         entry = _load(path)
-        names = [entry["id"]] + list(entry.get("aliases", []))
+        names = [entry["id"], *list(entry.get("aliases", []))]
         for name in names:
             key = name.lower()
             other = seen.get(key)
@@ -84,7 +84,7 @@ def test_gpu_catalog_shape():
 def test_gpu_names_and_aliases_unique():
     seen = {}
     for gpu in _gpus():
-        for alias in [gpu["name"]] + list(gpu.get("aliases", [])):
+        for alias in [gpu["name"], *list(gpu.get("aliases", []))]:
             key = str(alias).lower()
             assert key not in seen or seen[key] == gpu["name"], (
                 f"alias {alias!r} used by {seen.get(key)} and {gpu['name']}"
@@ -144,5 +144,5 @@ def test_unknown_quantized_id_keeps_the_clear_error():
     from kvcap.api.errors import ModelNotFound
     from kvcap.capacity.configs import load_model
 
-    with pytest.raises(ModelNotFound, match="not in the kvcap catalog.*closest known ids"):
+    with pytest.raises(ModelNotFound, match=r"not in the kvcap catalog.*closest known ids"):
         load_model("RedHatAI/Some-Model-That-Does-Not-Exist-quantized.w4a16")
