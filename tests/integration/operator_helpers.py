@@ -33,6 +33,9 @@ OPERATOR_ENV = {
     "KVCAP_EXTRA_TOLERATIONS": KWOK_TOLERATIONS,
     "KVCAP_HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens: Hub lookups fail fast, offline
     "KVCAP_STARTUP_TIMEOUT_SECONDS": "600",
+    # autoscaling: a 1 s tick and a rate() window for the test Prometheus' 1 s scrapes
+    "KVCAP_AUTOSCALE_INTERVAL_SECONDS": "1",
+    "KVCAP_PROMETHEUS_RATE_WINDOW": "6s",
 }
 
 

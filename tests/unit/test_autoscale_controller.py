@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (the policy's messages use the multiplication sign on purpose)
 """The controller side of autoscaling, on plain data: scale_pools (decide's ScaleFn), the join of
 Prometheus values to pods, the settings, the folded conditions and the scale events."""
 
@@ -144,7 +145,7 @@ def test_live_pools_joins_metrics_to_serving_pods() -> None:
     ]
     pools = asc.live_pools(snap, "ns", "u1", [foreign, deployment], pods)
     assert pools["default"].replicas == 3
-    assert [(s.name, s.ready, s.kv_usage) for s in pools["default"].pods][0] == ("a", True, 0.5)
+    assert next((s.name, s.ready, s.kv_usage) for s in pools["default"].pods) == ("a", True, 0.5)
     assert [s.name for s in pools["default"].pods] == ["a", "b"]
 
 

@@ -25,6 +25,7 @@ from kvcap import GROUP, PLURAL, VERSION
 from kvcap.api import constants as kc
 from kvcap.clients.kube import Kube
 from kvcap.controller import reconcile as rc
+from kvcap.controller.autoscaler import Autoscaler
 from kvcap.controller.runtime import ChildView, NodeView, cancel, reflect_nodes
 from kvcap.controller.settings import load_settings
 
@@ -74,8 +75,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         nodes=NodeView() if options.node_inventory else None,
         children=ChildView(),
     )
+    # Autoscaling (extension point (a)): metrics per object from one Prometheus tick, replicas
+    # per pool from kvcap.autoscale.policy; the tick queues every autoscaled object.
+    autoscaler = Autoscaler.from_environment(kube=ctx.kube, view=ctx.children)
+    ctx.metrics, ctx.scale = autoscaler.metrics, autoscaler.scale
+    memo.autoscaler = autoscaler
     memo.ctx = ctx
     tasks = [asyncio.create_task(rc.work(ctx)) for _ in range(options.workers)]
+    tasks.append(asyncio.create_task(autoscaler.run(lambda key: ctx.queue.add(key, "resync"))))
     tasks.append(asyncio.create_task(rc.resync_forever(ctx)))
     tasks.append(asyncio.create_task(rc.report_stats(ctx)))
     if ctx.nodes is not None:

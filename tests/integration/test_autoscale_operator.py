@@ -1,0 +1,232 @@
+# ruff: noqa: RUF001  (the policy's messages use the multiplication sign on purpose)
+"""KV-headroom autoscaling end to end: the real control plane (kwok GPU nodes), the operator, a real
+Prometheus, and one vLLM metrics emulator per pod (`kvcap emulate-vllm follow`'s PodFollower).
+
+The fake pods have no network: each emulated server listens on its own loopback port and the
+fixture's file-based service discovery attaches the pod's `namespace` and `pod` labels. Objects
+point `spec.autoscaling.prometheusUrl` at the test Prometheus (loopback is allowed by default);
+the shared operator ticks every second (OPERATOR_ENV).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from operator_helpers import Api, condition, report, small_spec, wait_for
+
+from kvcap.api import constants as kc
+from kvcap.autoscale.emulator import Levels, ServerConfig
+from kvcap.autoscale.policy import format_tokens
+from kvcap.emulate_command import PodFollower
+
+pytest_plugins = ["operator_fixtures", "prometheus_fixture"]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+IDLE = Levels(kv_usage=0.02, running=1)
+BUSY = Levels(kv_usage=0.6, running=20)
+SATURATED = Levels(kv_usage=0.97, running=60, waiting_capacity=12, preemptions_per_second=0.5)
+DELAY = 8  # scaleDownDelaySeconds
+TIMEOUT = 120.0
+
+
+class Fleet:
+    """Emulated servers following the pods of one namespace; levels set per pool."""
+
+    def __init__(self, api: Api, prometheus: Any, ns: str, capacity_factor: float = 1.0) -> None:
+        self.api, self.ns, self.factor = api, ns, capacity_factor
+        self.levels: dict[str, Levels] = {}
+        self.follower = PodFollower(
+            list_pods=lambda: api.pods(ns, f"{kc.LABEL_ROLE}={kc.ROLE_SERVER}"),
+            on_add=prometheus.add_target,
+            on_remove=prometheus.remove_target,
+            config_for=self.config_for,
+            levels_for=lambda key: self.levels.get(key[2]),
+        )
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.follower.run, args=(self.stop_event, 0.3), daemon=True)
+
+    def config_for(self, pod: dict[str, Any]) -> ServerConfig:
+        labels = pod["metadata"]["labels"]
+        md = self.api.md(self.ns, labels[kc.LABEL_MODEL_DEPLOYMENT]) or {}
+        for entry in ((md.get("status") or {}).get("plan") or {}).get("pools") or ():
+            if entry["name"] == labels[kc.LABEL_POOL]:
+                tokens = int(entry["kvTokensPerReplica"] * self.factor)
+                return ServerConfig(kv_cache_size_tokens=tokens, num_gpu_blocks=tokens // 16)
+        return ServerConfig()
+
+    def __enter__(self) -> Fleet:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+        self.follower.stop()
+
+
+def autoscaled(prometheus_url: str, policy: str = "KVHeadroom", **auto: Any) -> dict[str, Any]:
+    spec = small_spec()
+    spec["autoscaling"] = {
+        "policy": policy,
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "targetKvUtilizationPercent": 75,
+        "scaleDownDelaySeconds": DELAY,
+        "prometheusUrl": prometheus_url,
+        **auto,
+    }
+    return spec
+
+
+def replicas(api: Api, ns: str, name: str = "llama-default") -> int | None:
+    dep = api.deployment(ns, name)
+    return None if dep is None else dep["spec"].get("replicas")
+
+
+def wait_replicas(api: Api, ns: str, n: int, timeout: float = TIMEOUT) -> float:
+    t0 = time.monotonic()
+    wait_for(f"Deployment llama-default at {n} replicas", lambda: replicas(api, ns) == n, timeout)
+    return time.monotonic() - t0
+
+
+def wait_condition(api: Api, ns: str, type_: str, status: str, reason: str | None = None,
+                   timeout: float = TIMEOUT) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = condition(api.md(ns, "llama"), type_)
+        ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+        return cond if ok else None
+
+    return wait_for(f"{type_}={status} ({reason})", check, timeout)  # type: ignore[no-any-return]
+
+
+def pool_status(api: Api, ns: str) -> dict[str, Any]:
+    md = api.md(ns, "llama") or {}
+    return ((md.get("status") or {}).get("plan") or {}).get("pools", [{}])[0]  # type: ignore[no-any-return]
+
+
+def events(api: Api, ns: str, reason: str) -> list[str]:
+    return [e["message"] for e in api.items(f"/api/v1/namespaces/{ns}/events") if e.get("reason") == reason]
+
+
+@pytest.fixture
+def fleet(kvcap_api: Api, prometheus: Any, op_namespace: str) -> Iterator[Fleet]:
+    with Fleet(kvcap_api, prometheus, op_namespace) as f:
+        yield f
+
+
+def test_idle_saturated_idle_scales_up_holds_and_scales_down_after_the_window(
+    kvcap_api: Api, prometheus: Any, op_namespace: str, fleet: Fleet
+) -> None:
+    api, ns = kvcap_api, op_namespace
+    fleet.levels["default"] = IDLE
+    api.create_md(ns, "llama", autoscaled(prometheus.url))
+    wait_replicas(api, ns, 2)  # the plan's 2 replicas to start with
+    metrics_ok = time.monotonic()
+    wait_condition(api, ns, kc.METRICS_AVAILABLE, "True", kc.METRICS_CURRENT)
+    # idle: one step down, and only after the delay window
+    waited = wait_replicas(api, ns, 1)
+    assert time.monotonic() - metrics_ok >= DELAY - 1, "scaled down before the window"
+    report("idle: metrics current -> 2 to 1 replica", waited)
+
+    fleet.levels["default"] = SATURATED
+    t0 = time.monotonic()
+    wait_replicas(api, ns, 3)
+    report("saturated: KV pressure -> 3 replicas (patched)", time.monotonic() - t0)
+    status = pool_status(api, ns)
+    assert status["capacityWaitingRequests"] >= 12
+    assert status["preemptionsPerSecond"] > 0
+    assert status["decision"]
+    ups = events(api, ns, kc.EVENT_SCALED_UP)
+    assert any(m.startswith("Pool 'default' 1 -> ") and ": KV demand " in m for m in ups), ups
+
+    # hold at maxReplicas while saturated
+    time.sleep(DELAY + 2)
+    assert replicas(api, ns) == 3
+    assert "maxReplicas" in pool_status(api, ns)["decision"]
+
+    fleet.levels["default"] = IDLE
+    t0 = time.monotonic()
+    wait_replicas(api, ns, 2)
+    first = time.monotonic() - t0
+    wait_replicas(api, ns, 1)
+    second = time.monotonic() - t0
+    report("idle again: 3 -> 2 -> 1 replicas", second)
+    assert first >= DELAY - 1 and second - first >= DELAY - 1, (first, second)
+    downs = events(api, ns, kc.EVENT_SCALED_DOWN)
+    assert any("one step down from 3" in m for m in downs), downs
+    md = api.md(ns, "llama") or {}
+    assert md["status"]["replicas"] == 1
+
+
+def test_prometheus_stopped_holds_replicas_and_raises_metrics_available_false(
+    kvcap_api: Api, prometheus: Any, op_namespace: str, fleet: Fleet
+) -> None:
+    api, ns = kvcap_api, op_namespace
+    fleet.levels["default"] = BUSY
+    api.create_md(ns, "llama", autoscaled(prometheus.url))
+    wait_condition(api, ns, kc.METRICS_AVAILABLE, "True", kc.METRICS_CURRENT)
+    before = replicas(api, ns)
+    assert before == 2
+    prometheus.stop()
+    t0 = time.monotonic()
+    cond = wait_condition(api, ns, kc.METRICS_AVAILABLE, "False", kc.PROMETHEUS_UNAVAILABLE)
+    report("Prometheus stopped -> MetricsAvailable=False", time.monotonic() - t0)
+    assert "Prometheus" in cond["message"]
+    fleet.levels["default"] = IDLE  # would scale down, if anyone could see it
+    time.sleep(DELAY * 2)
+    assert replicas(api, ns) == before
+    assert "Prometheus unavailable" in pool_status(api, ns)["decision"]
+    assert events(api, ns, kc.EVENT_METRICS_UNAVAILABLE)
+    prometheus.start()
+    wait_condition(api, ns, kc.METRICS_AVAILABLE, "True", kc.METRICS_CURRENT)
+
+
+def test_fewer_kv_tokens_than_planned_raises_capacity_verified_false(
+    kvcap_api: Api, prometheus: Any, op_namespace: str
+) -> None:
+    api, ns = kvcap_api, op_namespace
+    with Fleet(api, prometheus, ns, capacity_factor=0.5) as fleet:
+        fleet.levels["default"] = BUSY
+        api.create_md(ns, "llama", autoscaled(prometheus.url))
+        cond = wait_condition(api, ns, kc.CAPACITY_VERIFIED, "False", kc.PLAN_MISMATCH)
+        status = wait_for("observed tokens in status", lambda: pool_status(api, ns).get("observedKvTokensPerReplica"))
+        planned = pool_status(api, ns)["kvTokensPerReplica"]
+        observed = pool_status(api, ns)["observedKvTokensPerReplica"]
+        assert observed == int(planned * 0.5) and status == observed
+        assert str(planned) in cond["message"] and str(observed) in cond["message"]
+        # the autoscaler's arithmetic uses the reported figure
+        wait_for("decision on the observed capacity",
+                 lambda: f"× {format_tokens(observed)}" in pool_status(api, ns).get("decision", ""), 30)
+        assert pool_status(api, ns)["kvTokensCapacity"] == observed * replicas(api, ns)  # type: ignore[operator]
+        assert events(api, ns, kc.EVENT_PLAN_MISMATCH)
+
+
+def test_external_leaves_a_hand_set_replica_count_alone(
+    kvcap_api: Api, prometheus: Any, op_namespace: str, fleet: Fleet
+) -> None:
+    api, ns = kvcap_api, op_namespace
+    fleet.levels["default"] = IDLE
+    api.create_md(ns, "llama", autoscaled(prometheus.url, policy="External"))
+    wait_for("Deployment llama-default", lambda: api.deployment(ns, "llama-default"), TIMEOUT)
+    # `kubectl scale` writes the scale subresource with its own field manager
+    api.call(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{ns}/deployments/llama-default/scale?fieldManager=kubectl-scale",
+        {"spec": {"replicas": 3}},
+        content_type="application/merge-patch+json",
+    )
+    wait_condition(api, ns, kc.METRICS_AVAILABLE, "True", kc.METRICS_CURRENT)
+    md_before = api.md(ns, "llama") or {}
+    time.sleep(DELAY + 4)  # many ticks and resyncs; IDLE would scale a KVHeadroom pool down
+    assert replicas(api, ns) == 3
+    dep = api.deployment(ns, "llama-default") or {}
+    kvcap_fields = [m for m in dep["metadata"]["managedFields"] if m["manager"] == kc.FIELD_MANAGER]
+    assert all("f:replicas" not in str(m.get("fieldsV1", {}).get("f:spec", {})) for m in kvcap_fields)
+    status = pool_status(api, ns)
+    assert status["replicas"] == 3 and status["currentReplicas"] == 3
+    assert "fits 1 replica" in status["decision"]  # what KVHeadroom would act on, reported only
+    assert (api.md(ns, "llama") or {})["metadata"]["generation"] == md_before["metadata"]["generation"]
