@@ -21,6 +21,7 @@ from kvcap.capacity.configs import load_model
         # Qwen3.5: 3 Gated DeltaNet layers per full-attention layer
         ("Qwen/Qwen3.5-27B", {MAMBA: 48, FULL: 16}),
         ("Qwen/Qwen3.5-35B-A3B", {MAMBA: 30, FULL: 10}),
+        ("Qwen/Qwen3-Next-80B-A3B-Instruct", {MAMBA: 36, FULL: 12}),
         # Nemotron 3 Nano: M = Mamba2, * = attention; E (MoE) and - (MLP) layers hold no cache
         ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", {MAMBA: 23, FULL: 6}),
         # DeepSeek-V3.2 / GLM-5: MLA on every layer
