@@ -23,13 +23,15 @@ shrunk toward weak priors that do not come from the launch set: the sampler's by
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from validation import Case, load_cases
+from validation import ROOT, Case, load_cases
 
 from kvcap.capacity.catalog import GIB
 from kvcap.capacity.memory import (
@@ -198,22 +200,41 @@ def fit(cases: list[Case]) -> dict[str, OverheadModel]:
     return models_from(fit_params(cases))
 
 
+OVERHEADS = ROOT / "operator" / "kvcap" / "capacity" / "data" / "overheads.yaml"
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--write", action="store_true",
+                    help="replace the fitted eras in kvcap/capacity/data/overheads.yaml")
+    ns = ap.parse_args()
     cases, _ = load_cases()
     used = [c for c in cases if rows(c)]
     params = fit_params(cases)
-    print(f"# fitted on {len(used)} launches from {len({c.source_id for c in used})} sources")
-    print("eras:")
-    for era in ERAS:
-        print(f"  {era}:")
-        print(f"    act_const_gib: {params['c']:.3f}")
-        print(f"    act_per_token_hidden: {params['h']:.2f}")
-        print(f"    act_per_seq_vocab: {params[f's:{era}']:.2f}")
-        print(f"    act_moe_const_gib: {params['moe']:.3f}")
-        print(f"    amd_extra_gib: {params['amd']:.3f}")
-        print(f"    non_torch_gib: {{1: {params[f'nt1:{era}']:.2f}, 2: {params[f'nt2:{era}']:.2f}, "
-              f"4: {params[f'nt4:{era}']:.2f}, 8: {params[f'nt8:{era}']:.2f}}}")
-        print(f"    non_torch_pp_only_gib: {params[f'ntpp:{era}']:.2f}")
+    header = f"fitted on {len(used)} launches from {len({c.source_id for c in used})} sources"
+    lines = [f"  {era}:" + "\n" + _era_block(params, era) for era in ERAS]
+    if not ns.write:
+        print(f"# {header}\neras:\n" + "\n".join(lines))
+        return
+    text = OVERHEADS.read_text()
+    head, _, rest = text.partition("  v1-sort:\n")
+    keep = [line for line in rest.splitlines() if "cudagraph" in line]
+    text = re.sub(r"Last fit: [^\n]*\.", f"Last fit: {header}.", head)
+    OVERHEADS.write_text(text + "\n".join(lines) + "\n" + "".join(k + "\n" for k in keep))
+    print(f"wrote {OVERHEADS} ({header})")
+
+
+def _era_block(params: dict[str, float], era: str) -> str:
+    return "\n".join([
+        f"    act_const_gib: {params['c']:.3f}",
+        f"    act_per_token_hidden: {params['h']:.2f}",
+        f"    act_per_seq_vocab: {params[f's:{era}']:.2f}",
+        f"    act_moe_const_gib: {params['moe']:.3f}",
+        f"    amd_extra_gib: {params['amd']:.3f}",
+        f"    non_torch_gib: {{1: {params[f'nt1:{era}']:.2f}, 2: {params[f'nt2:{era}']:.2f}, "
+        f"4: {params[f'nt4:{era}']:.2f}, 8: {params[f'nt8:{era}']:.2f}}}",
+        f"    non_torch_pp_only_gib: {params[f'ntpp:{era}']:.2f}",
+    ])
 
 
 if __name__ == "__main__":
