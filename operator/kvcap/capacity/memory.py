@@ -357,7 +357,7 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     embed = arch.embedding_parameters * wb
     body_params = arch.num_parameters - arch.embedding_parameters
     if method is None or bits is None or bits >= 16:
-        body = body_params * wb
+        body: float = body_params * wb
     elif method == "mxfp4" and arch.expert_parameters:
         pad = MXFP4_EXPERT_FACTOR
         body = arch.expert_parameters * bits / 8 * pad + (body_params - arch.expert_parameters) * wb
