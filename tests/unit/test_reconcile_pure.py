@@ -353,7 +353,7 @@ def _logger() -> Any:
 async def test_pipeline_creates_children_and_reports_status() -> None:
     kube, planner = FakeKube(), Recorder()
     status = await run(kube, planner, SPEC)
-    assert kube.status_patches and kube.status_patches[0]["conditions"][0]["reason"] == "Reconciling"
+    assert len(kube.status_patches) == 1  # one status write for a new object
     assert planner.calls == [{"config": None, "cluster_gpus": {"NVIDIA-L4": 4, H100: 16}}]
     assert [c for c in kube.calls if c.startswith("apply")] == [
         "apply Deployment llama-default", "apply Service llama-default",
@@ -475,6 +475,10 @@ async def test_pipeline_transient_api_errors_become_temporary_errors() -> None:
     kube.fail = ApiError(503, "ServiceUnavailable", "etcd is down")
     with pytest.raises(kopf.TemporaryError):
         await run(kube, Recorder(), SPEC)
+    # kstatus: the first visit still leaves a status for the generation, every condition Unknown
+    (initial,) = kube.status_patches
+    assert initial["observedGeneration"] == 1
+    assert {c["reason"] for c in initial["conditions"]} == {"Reconciling"}
 
 
 def children_of(kube: FakeKube) -> dict[Any, Any]:
@@ -657,3 +661,30 @@ async def test_a_spec_change_during_a_reconcile_is_not_overwritten_by_the_older_
     landed = [p["observedGeneration"] for p in kube.status_patches]
     assert landed == sorted(landed) and landed[-1] == 2
     assert get_condition(stored["status"], "CapacityPlanned")["observedGeneration"] == 2  # type: ignore[index]
+
+
+async def test_the_planner_runs_once_for_objects_with_the_same_inputs() -> None:
+    kube, planner = FakeKube(), Recorder()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    for name in ("a", "b"):
+        body = body_for(SPEC)
+        body["metadata"]["name"] = name
+        body["metadata"]["uid"] = f"uid-{name}"
+        await run_with(ctx, body)
+    assert len(planner.calls) == 1
+    await run_with(ctx, body_for(spec_with(16384)))  # another input: planned
+    assert len(planner.calls) == 2
+
+
+def test_new_settings() -> None:
+    s = parse_settings({"KVCAP_WORKERS": "8", "KVCAP_LEADER_ELECTION": "Enabled",
+                        "KVCAP_LEADER_ELECTION_NAMESPACE": "kvcap-system",
+                        "KVCAP_LEADER_ELECTION_LEASE_SECONDS": "4",
+                        "KVCAP_REQUEST_TIMEOUT_SECONDS": "10"})
+    assert (s.workers, s.leader_election, s.leader_election_namespace, s.lease_seconds,
+            s.request_timeout_seconds) == (8, True, "kvcap-system", 4.0, 10.0)
+    assert Settings().resync_seconds == 300.0 and not Settings().leader_election
+    for bad in ({"KVCAP_LEADER_ELECTION": "yes"}, {"KVCAP_WORKERS": "0"},
+                {"KVCAP_LEADER_ELECTION_LEASE_SECONDS": "1"}):
+        with pytest.raises(SettingsError):
+            parse_settings(bad)

@@ -32,7 +32,9 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +50,8 @@ from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity import catalog
 from kvcap.capacity.calibration import parse_calibrations
 from kvcap.capacity.memory import Calibration
+from kvcap.capacity.plan_types import CapacityPlan
+from kvcap.capacity.planner import plan_deployment
 from kvcap.clients.hfhub import fetch_config
 from kvcap.clients.kube import ApiError, Kube, plural_for
 from kvcap.controller.conditions import (
@@ -101,6 +105,8 @@ HUB_CACHE_SECONDS = 3600.0  # a fetched config.json is reused this long
 HUB_MISS_SECONDS = 300.0  # a definite answer (404, not a config) is not asked again sooner
 HUB_CACHE_ENTRIES = 256  # distinct (model, revision, token) configs kept
 APPLIED_MEMORY_SECONDS = 86400.0
+PLAN_CACHE_ENTRIES = 512  # distinct (spec, config, inventory) plans kept
+PLAN_CACHE_SECONDS = 3600.0
 STATUS_ATTEMPTS = 3  # a status write that conflicts re-reads and reconciles again, this often
 
 Logger = logging.Logger | logging.LoggerAdapter[Any] | kopf.Logger
@@ -142,6 +148,8 @@ class OperatorContext:
     hub_backoff: Backoff = field(default_factory=Backoff)
     hub_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     applied: TtlLru[str, tuple[str, str]] = field(default_factory=lambda: TtlLru(100_000))
+    plans: TtlLru[str, CapacityPlan] = field(default_factory=lambda: TtlLru(PLAN_CACHE_ENTRIES))
+    plans_lock: threading.Lock = field(default_factory=threading.Lock)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     # the calibration ConfigMap's entries (settings.calibration_configmap), re-read before re-plans
     calibrations: tuple[Calibration, ...] = ()
@@ -170,11 +178,39 @@ class OperatorContext:
                 epp_service_suffix=settings.epp_service_suffix,
                 epp_port=settings.epp_port,
             ),
-            plan_fn=self.plan_fn or calibrated_plan_fn(self.calibrations),
+            plan_fn=self.cached_planner(),
             scale=self.scale,
             classify=self.classify or classify_pools,
             retry_delay_seconds=settings.retry_delay_seconds,
         )
+
+    def cached_planner(self) -> PlanFn:
+        """The planner, memoized on its inputs (it is pure): objects with the same spec, config
+        and inventory are planned once. Thread-safe (decide runs in a worker thread)."""
+        plan_fn = self.plan_fn or calibrated_plan_fn(self.calibrations) or plan_deployment
+        calibrations = f"{id(self.plan_fn)}:{self.calibrations!r}"  # what else plans depend on
+
+        def plan(
+            spec: ModelDeploymentSpec,
+            *,
+            config: dict[str, Any] | None = None,
+            cluster_gpus: dict[str, int] | None = None,
+        ) -> CapacityPlan:
+            key = json.dumps(
+                [spec.model_dump(mode="json", by_alias=True), config, cluster_gpus, calibrations],
+                sort_keys=True,
+                default=str,
+            )
+            with self.plans_lock:
+                hit = self.plans.get(key)
+            if hit is not None:
+                return hit
+            result = plan_fn(spec, config=config, cluster_gpus=cluster_gpus)
+            with self.plans_lock:
+                self.plans.put(key, result, PLAN_CACHE_SECONDS)
+            return result
+
+        return plan
 
 
 def calibrated_plan_fn(calibrations: tuple[Calibration, ...]) -> PlanFn | None:
@@ -284,7 +320,17 @@ async def load_model_config(
     token = None
     secret = spec.model.hf_token_secret_ref
     if secret is not None:
-        token = await ctx.kube.read_key("Secret", namespace, secret.name, secret.key)
+        try:
+            token = await ctx.kube.read_key("Secret", namespace, secret.name, secret.key)
+        except ApiError as err:
+            if err.status != 403:
+                raise
+            raise LookupError(
+                f"the operator may not read Secret '{secret.name}' (`spec.model.hfTokenSecretRef`):"
+                f" the Helm chart lets it read only the Secret names in `rbac.secretNames`; add "
+                f"this name there, or give the model's config.json in a ConfigMap "
+                f"(`spec.model.configMapRef`)"
+            ) from None
         if token is None:
             raise LookupError(
                 f"Secret '{secret.name}' key '{secret.key}' (`spec.model.hfTokenSecretRef`) "
@@ -341,12 +387,14 @@ CORE_KINDS = frozenset({"deployments", "services", "poddisruptionbudgets"})  # i
 async def list_children(
     ctx: OperatorContext, namespace: str, owner_name: str, features: Features
 ) -> list[Mapping[str, Any]]:
-    """The children labelled as this owner's: the core kinds from the shared view once it has
-    seen any, optional kinds (and everything without a view) listed."""
-    viewed: list[Mapping[str, Any]] = []
+    """The children labelled as this owner's: the core kinds from the shared view, optional kinds
+    (and everything without a view) listed. A child the view has not seen yet is looked up by name
+    before it is applied (sync_children), and a stale one it missed is deleted when its watch
+    event arrives (which queues the owner), so the view need not be complete."""
+    viewed = ctx.children is not None
+    listed: list[Mapping[str, Any]] = []
     if ctx.children is not None:
-        viewed = ctx.children.children_of((namespace, owner_label(owner_name)))
-    listed: list[Mapping[str, Any]] = list(viewed)
+        listed = ctx.children.children_of((namespace, owner_label(owner_name)))
     for api_version, plural in desired_features(features):
         if viewed and plural in CORE_KINDS:
             continue
@@ -644,8 +692,8 @@ async def _reconcile(
 ) -> None:
     started = time.monotonic()
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    obj = raw
     try:
-        obj = await write_initial_status(ctx, raw)
         obs = await observe(ctx, obj, logger)
         policy = ctx.policy(obs.features)
         if needs_replan(obj):  # the planner may be CPU-heavy: keep the event loop free
@@ -657,6 +705,10 @@ async def _reconcile(
         if result.changed:
             await write_status(ctx, obj, result.status)
     except ApiError as err:
+        # kstatus: a status for this generation as early as the first visit, even when this
+        # reconcile cannot finish (every condition Unknown/Reconciling)
+        with contextlib.suppress(ApiError, StatusConflictError):
+            await write_initial_status(ctx, raw)
         if err.transient:
             raise _transient(
                 err, ctx.settings, f"reconcile ModelDeployment {namespace}/{name}"
