@@ -36,6 +36,7 @@ OPERATOR_ENV = {
     # autoscaling: a 1 s tick and a rate() window for the test Prometheus' 1 s scrapes
     "KVCAP_AUTOSCALE_INTERVAL_SECONDS": "1",
     "KVCAP_PROMETHEUS_RATE_WINDOW": "6s",
+    "KVCAP_METRICS_PORT": "Disabled",  # several operators per session: no fixed port
 }
 
 

@@ -23,6 +23,7 @@ Settings (environment, read when the operator starts):
 | KVCAP_PROMETHEUS_RATE_WINDOW | 2m | `rate()` window (at least 4 scrape intervals) |
 | KVCAP_AUTOSCALE_INTERVAL_SECONDS | 15 | the tick |
 | KVCAP_AUTOSCALE_STARTUP_SECONDS | 300 | replica start-up time the policy looks ahead by |
+| KVCAP_METRICS_PORT | 8090 | the operator's own metrics (kvcap_pool_*); 'Disabled' turns it off |
 
 (*) 'ClusterLocal': http(s) to `*.svc[.cluster.local]` Service names or loopback; 'None': no
 per-object URL; else comma-separated URL prefixes. A user-chosen URL must not turn the operator
@@ -32,7 +33,6 @@ into an SSRF tool.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import re
@@ -44,6 +44,8 @@ from typing import Any, Protocol
 from kvcap.api import constants as kc
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.autoscale import prometheus as prom
+from kvcap.controller.decide import PoolScale
+from kvcap.controller.exporter import OperatorMetrics
 from kvcap.controller.render import owner_selector
 from kvcap.controller.scaling import STARTUP_SECONDS, ObjectMetrics, PoolLive, scale_pools
 
@@ -65,6 +67,7 @@ class AutoscaleSettings:
     rate_window: str = prom.RATE_WINDOW
     interval_seconds: float = 15.0
     startup_seconds: float = STARTUP_SECONDS
+    metrics_port: int | None = 8090  # the operator's own /metrics (None: off)
 
 
 def parse_autoscale_settings(env: Mapping[str, str]) -> AutoscaleSettings:
@@ -113,7 +116,19 @@ def parse_autoscale_settings(env: Mapping[str, str]) -> AutoscaleSettings:
         rate_window=window,
         interval_seconds=number("KVCAP_AUTOSCALE_INTERVAL_SECONDS", 15.0, 0.5),
         startup_seconds=number("KVCAP_AUTOSCALE_STARTUP_SECONDS", STARTUP_SECONDS, 0.0),
+        metrics_port=_port(env.get("KVCAP_METRICS_PORT", "8090")),
     )
+
+
+def _port(raw: str) -> int | None:
+    raw = raw.strip()
+    if raw in ("", "0", "Disabled"):
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise AutoscaleSettingsError(
+            f"KVCAP_METRICS_PORT must be a port (1-65535) or 'Disabled', got '{raw}'"
+        )
+    return int(raw)
 
 
 def resolve_url(settings: AutoscaleSettings, spec: ModelDeploymentSpec) -> tuple[str, str | None]:
@@ -199,6 +214,7 @@ class Autoscaler:
     objects: dict[Key, str] = field(default_factory=dict)  # autoscaled (ns, name) -> its URL
     queries_sent: int = 0
     ticks: int = 0
+    exporter: OperatorMetrics = field(default_factory=lambda: OperatorMetrics())
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
 
@@ -206,9 +222,37 @@ class Autoscaler:
     def from_environment(cls, kube: Any = None, view: PodSource | None = None) -> Autoscaler:
         return cls(parse_autoscale_settings(os.environ), kube, view)
 
+    def start_exporter(self, port: int | None = None, host: str = "0.0.0.0") -> int | None:
+        """Serve the operator's own metrics (`/metrics`) on `port` (default: the setting; 0: a free
+        port). Returns the port, or None when disabled."""
+        port = self.settings.metrics_port if port is None else port
+        if port is None:
+            return None
+        self.exporter.queries = lambda: (self.queries_sent, self.ticks)
+        try:
+            return self.exporter.serve(host, port)
+        except OSError as err:  # a busy port must not stop the operator
+            _log.warning("Could not serve the operator's metrics on port %s: %s", port, err)
+            return None
+
     @property
     def scale(self) -> Callable[..., Any]:
-        return functools.partial(scale_pools, startup_seconds=self.settings.startup_seconds)
+        """decide's ScaleFn: `scale_pools`, and the outcome recorded for the operator's metrics."""
+
+        def scale(
+            spec: ModelDeploymentSpec,
+            plan: Any,
+            metrics: object | None,
+            stored_status: Mapping[str, Any],
+        ) -> Mapping[str, PoolScale]:
+            out = scale_pools(
+                spec, plan, metrics, stored_status, startup_seconds=self.settings.startup_seconds
+            )
+            if isinstance(metrics, ObjectMetrics) and metrics.name:
+                self.exporter.record(metrics.namespace, metrics.name, out)
+            return out
+
+        return scale
 
     def _client(self, url: str) -> Any:
         client = self._clients.get(url)
@@ -294,11 +338,13 @@ class Autoscaler:
         url, rejected = resolve_url(self.settings, spec)
         self.objects[key] = url
         if rejected is not None:
-            return ObjectMetrics(now=time.time(), error=rejected)
+            return ObjectMetrics(now=time.time(), error=rejected, namespace=key[0], name=key[1])
         snap = await self.snapshot(url)
         children, pods = await self._pods_and_workloads(*key)
         pools = live_pools(snap, key[0], meta["uid"], children, pods)
-        return ObjectMetrics(now=time.time(), error=snap.error, pools=pools)
+        return ObjectMetrics(
+            now=time.time(), error=snap.error, pools=pools, namespace=key[0], name=key[1]
+        )
 
 
 __all__ = [

@@ -79,6 +79,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # per pool from kvcap.autoscale.policy; the tick queues every autoscaled object.
     autoscaler = Autoscaler.from_environment(kube=ctx.kube, view=ctx.children)
     ctx.metrics, ctx.scale = autoscaler.metrics, autoscaler.scale
+    autoscaler.start_exporter()  # kvcap_pool_* on KVCAP_METRICS_PORT (the Grafana dashboard)
     memo.autoscaler = autoscaler
     memo.ctx = ctx
     tasks = [asyncio.create_task(rc.work(ctx)) for _ in range(options.workers)]

@@ -49,6 +49,8 @@ class ObjectMetrics:
     now: float  # Unix seconds: the clock of the Prometheus sample timestamps
     error: str | None  # Prometheus could not be queried (or its URL is not allowed)
     pools: Mapping[str, PoolLive] = field(default_factory=dict)
+    namespace: str = ""  # the object, for the operator's own metrics (not used by the policy)
+    name: str = ""
 
 
 length_model = ap.length_model_for
