@@ -203,6 +203,29 @@ def fit(cases: list[Case]) -> dict[str, OverheadModel]:
 OVERHEADS = ROOT / "operator" / "kvcap" / "capacity" / "data" / "overheads.yaml"
 
 
+_GRAPH_EST = re.compile(r"CUDA graph pool memory: [0-9.]+ GiB \(actual\), ([0-9.]+) GiB \(estimated\)")
+
+
+def fit_cudagraph(cases: list[Case]) -> tuple[float, float, float, int]:
+    """(constant GiB, MiB per layer on the GPU, MoE extra GiB, launches) of the CUDA-graph memory
+    estimate that v0.21+ subtracts before sizing the cache (`profile_cudagraph_memory`). v0.19 logs
+    print that very estimate beside the measured pool ("CUDA graph pool memory: X GiB (actual), Y GiB
+    (estimated)"), so it is fitted on them: Y = a + b x layers / PP + c x [MoE]."""
+    data: list[tuple[list[float], float]] = []
+    for c in cases:
+        m = _GRAPH_EST.search(str(c.raw.get("log_excerpt") or ""))
+        if not m:
+            continue
+        layers = len(c.arch.layer_kinds) / c.args.pipeline_parallel_size
+        data.append(([1.0, layers, 1.0 if c.arch.is_moe else 0.0], float(m.group(1))))
+    n = 3
+    ata = [[sum(x[i] * x[j] for x, _ in data) + (1e-6 if i == j else 0.0) for j in range(n)]
+           for i in range(n)]
+    atb = [sum(x[i] * y for x, y in data) for i in range(n)]
+    a, b, moe = _solve(ata, atb)
+    return a, b * 1024, moe, len(data)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--write", action="store_true",
@@ -212,15 +235,19 @@ def main() -> None:
     used = [c for c in cases if rows(c)]
     params = fit_params(cases)
     header = f"fitted on {len(used)} launches from {len({c.source_id for c in used})} sources"
+    graph_a, graph_mib, graph_moe, graph_n = fit_cudagraph(cases)
+    header += f"; CUDA-graph estimate on {graph_n} v0.19 logs"
+    graph = (f"    cudagraph_gib: {graph_a:.3f}\n    cudagraph_per_layer_mib: {graph_mib:.2f}\n"
+             f"    cudagraph_moe_gib: {graph_moe:.3f}")
     lines = [f"  {era}:" + "\n" + _era_block(params, era) for era in ERAS]
+    lines[-1] += "\n" + graph
     if not ns.write:
         print(f"# {header}\neras:\n" + "\n".join(lines))
         return
     text = OVERHEADS.read_text()
-    head, _, rest = text.partition("  v1-sort:\n")
-    keep = [line for line in rest.splitlines() if "cudagraph" in line]
+    head, _, _ = text.partition("  v1-sort:\n")
     text = re.sub(r"Last fit: [^\n]*\.", f"Last fit: {header}.", head)
-    OVERHEADS.write_text(text + "\n".join(lines) + "\n" + "".join(k + "\n" for k in keep))
+    OVERHEADS.write_text(text + "\n".join(lines) + "\n")
     print(f"wrote {OVERHEADS} ({header})")
 
 

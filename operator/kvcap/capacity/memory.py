@@ -382,6 +382,7 @@ class OverheadModel:
     non_torch_pp_only_gib: float  # TP 1 with pipeline parallelism
     cudagraph_gib: float
     cudagraph_per_layer_mib: float
+    cudagraph_moe_gib: float  # MoE models capture larger graphs
     mxfp4_expert_factor: float  # vLLM pads mxfp4 expert tensors for its kernels
 
 
@@ -397,6 +398,7 @@ def overhead_model_from(c: dict[str, Any]) -> OverheadModel:
         non_torch_pp_only_gib=float(c.get("non_torch_pp_only_gib", 0.1)),
         cudagraph_gib=float(c.get("cudagraph_gib", 0.0)),
         cudagraph_per_layer_mib=float(c.get("cudagraph_per_layer_mib", 0.0)),
+        cudagraph_moe_gib=float(c.get("cudagraph_moe_gib", 0.0)),
         mxfp4_expert_factor=float(c.get("mxfp4_expert_factor", 1.0)),
     )
 
@@ -448,6 +450,8 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
     if prof.subtracts_cudagraph_memory and not enforce_eager:
         layers_here = cdiv(len(arch.layer_kinds) or 1, pp)
         graph = m.cudagraph_gib * GIB + m.cudagraph_per_layer_mib * (1 << 20) * layers_here
+        if arch.is_moe:
+            graph += m.cudagraph_moe_gib * GIB
     return max(0, int(act)), max(0, int(non_torch)), int(graph)
 
 
