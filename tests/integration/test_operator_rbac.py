@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import devcluster
 import pytest
 import yaml
 from operator_helpers import (
@@ -98,8 +99,9 @@ def test_operator_under_the_chart_rbac(mode: str, kvcap_api: Api, kvcap_crd: Any
     docs = render_rbac(release, system_ns, watch)
     assert_no_wildcards(docs)
     if mode == "namespaced":
+        # a Role per watched namespace, plus the leader-election Role (Leases) in the release's own
         assert {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] == "Role"} \
-            == {("Role", ns)}
+            == {("Role", ns), ("Role", system_ns)}
     created = apply_docs(api, docs, system_ns)
     sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
     kubeconfig = api.cluster.service_account_kubeconfig(system_ns, sa, tmp_path / "sa.kubeconfig")
@@ -145,3 +147,66 @@ def test_operator_under_the_chart_rbac(mode: str, kvcap_api: Api, kvcap_crd: Any
     assert code == 0, output[-5000:]
     for needle in ("403", "Forbidden", "forbidden", "Traceback"):
         assert needle not in output, f"{needle!r} in the operator log:\n{output[-5000:]}"
+
+
+def render_user_roles(release: str, namespace: str) -> list[dict[str, Any]]:
+    args = [find_helm(), "template", release, str(CHART), "--namespace", namespace,
+            "--show-only", "templates/aggregate-roles.yaml"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.timeout(240)
+def test_secrets_only_by_name_and_edit_users_get_model_deployments(
+    kvcap_api: Api, kvcap_crd: Any, fresh_namespace: Any
+) -> None:
+    """Cluster-wide, the operator's ServiceAccount reads only the Secrets named in
+    `rbac.secretNames` (not every Secret of the cluster); a user holding the built-in `edit`
+    role gets ModelDeployments through the chart's aggregated ClusterRole (the aggregation
+    controller of the real kube-controller-manager fills `edit` in)."""
+    api = kvcap_api
+    release = f"kvcap-{uuid.uuid4().hex[:5]}"
+    system_ns = fresh_namespace("kvsec-sys")
+    ns = fresh_namespace("kvsec")
+    docs = render_rbac(release, system_ns, [])
+    users = render_user_roles(release, system_ns)
+    assert {d["metadata"]["name"] for d in users} == {f"{release}-edit", f"{release}-view"}
+    created = apply_docs(api, docs, system_ns) + apply_docs(api, users, system_ns)
+    try:
+        sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+        operator = Api(api.cluster, api.cluster.service_account_token(system_ns, sa))
+        for name in ("hf-token", "db-password"):
+            api.create(f"/api/v1/namespaces/{ns}/secrets", {
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "stringData": {"token": "x"}})
+        assert operator.get(f"/api/v1/namespaces/{ns}/secrets/hf-token") is not None
+        for path in (f"/api/v1/namespaces/{ns}/secrets/db-password",
+                     f"/api/v1/namespaces/{ns}/secrets", "/api/v1/secrets"):
+            with pytest.raises(devcluster.ApiError) as err:
+                operator.call("GET", path)
+            assert err.value.status == 403, path
+
+        api.cluster.ensure_service_account(ns, "dev")
+        api.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "dev-edit"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "edit"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": ns}]})
+        dev = Api(api.cluster, api.cluster.service_account_token(ns, "dev"))
+
+        def create_as_dev() -> bool:
+            try:
+                dev.create_md(ns, "dev", small_spec())
+            except devcluster.ApiError as err:
+                if err.status == 403:  # the aggregation has not reached `edit` yet
+                    return False
+                raise
+            return True
+
+        wait_for("a ModelDeployment created by an `edit` user", create_as_dev, 60)
+        assert dev.md(ns, "dev") is not None
+    finally:
+        for path in reversed(created):
+            if "/clusterrole" in path:
+                api.delete(path)

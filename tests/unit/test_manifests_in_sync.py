@@ -70,9 +70,20 @@ def test_manifest_crd_is_the_crd() -> None:
     assert crd == yaml.safe_load((REPO / "crds" / f"{PLURAL}.{GROUP}.yaml").read_text())
 
 
+def is_user_role(doc: dict[str, Any]) -> bool:
+    """The ClusterRoles aggregated into the built-in edit/admin/view roles (for users, not the
+    operator)."""
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels)
+
+
+def operator_rbac() -> list[dict[str, Any]]:
+    return [d for d in docs("rbac.yaml") if not is_user_role(d)]
+
+
 def rules_by_resource() -> dict[tuple[str, str], set[str]]:
     verbs: dict[tuple[str, str], set[str]] = {}
-    for doc in docs("rbac.yaml"):
+    for doc in operator_rbac():
         for rule in doc.get("rules", []):
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
@@ -85,7 +96,24 @@ def test_rbac_has_no_wildcards() -> None:
         for rule in doc.get("rules", []):
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], rule
-            assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+            assert "nonResourceURLs" not in rule, rule
+            # resourceNames only where it narrows Secrets to the chart's rbac.secretNames
+            assert "resourceNames" not in rule or rule["resources"] == ["secrets"], rule
+
+
+def test_secrets_are_readable_only_by_name() -> None:
+    rules = [r for d in operator_rbac() for r in d.get("rules", []) if "secrets" in r["resources"]]
+    assert rules and all(r["resources"] == ["secrets"] for r in rules)
+    assert all(r["verbs"] == ["get"] and r["resourceNames"] == ["hf-token"] for r in rules)
+
+
+def test_edit_and_view_get_model_deployments_by_aggregation() -> None:
+    users = {d["metadata"]["name"]: d for d in docs("rbac.yaml") if is_user_role(d)}
+    edit, view = users["kvcap-edit"], users["kvcap-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "mount a Secret" in edit["metadata"]["annotations"]["kvcap.io/security"]
+    assert "create" in edit["rules"][0]["verbs"]
+    assert view["rules"][0]["verbs"] == ["get", "list", "watch"]
 
 
 def test_rbac_covers_every_kind_the_operator_touches() -> None:
