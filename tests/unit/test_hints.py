@@ -20,11 +20,12 @@ from kvcap.capacity.memory import ServeArgs, estimate
     # 8k context: 2 x H100 fits outright.
     ("meta-llama/Llama-3.1-70B-Instruct", "H100-80GB", ServeArgs(max_model_len=8192),
      "tensor-parallel", 2),
-    # gpt-oss-120b at util 0.95 / 1,024 batched tokens on a 0.11-era vLLM (vllm #27508): the issue's
-    # own way out was a shorter context or a second GPU.
+    # gpt-oss-120b at util 0.95 / 1,024 batched tokens on a 0.11-era vLLM (vllm #27508): the real
+    # cause is the profile run's 1,024-request sampler batch, so fewer --max-num-seqs fit on the
+    # same GPU at the full context (the issue's own ways out were a shorter context or a 2nd GPU).
     ("openai/gpt-oss-120b", "H100-80GB",
      ServeArgs(gpu_memory_utilization=0.95, max_num_batched_tokens=1024, vllm_version="0.11.0"),
-     "shorter-context", 1),
+     "fewer-seqs", 1),
 ])
 def test_cheapest_concrete_fit_first(model, gpu, args, first_kind, first_gpus):
     arch = load_model(model)
@@ -37,12 +38,18 @@ def test_cheapest_concrete_fit_first(model, gpu, args, first_kind, first_gpus):
     assert fits[0].flags(base).startswith(f"--gpu {g.name}")
     if first_kind == "shorter-context":
         assert f"--max-model-len {fits[0].max_model_len}" in fits[0].flags(base)
+    if first_kind == "fewer-seqs":
+        assert fits[0].max_num_seqs is not None
+        assert fits[0].flags(base).endswith(f"--max-num-seqs {fits[0].max_num_seqs}")
+        # the largest that fits: one more does not
+        more = replace(base, max_num_seqs=fits[0].max_num_seqs + 1)
+        assert not estimate(arch, g, more).fits
     assert [f.cost_gib for f in fits] == sorted(f.cost_gib for f in fits)
     for f in fits:  # every hint is a configuration that does fit
         est = estimate(arch, catalog.get_gpu(f.gpu), replace(
             base, tensor_parallel_size=f.tensor_parallel_size,
             pipeline_parallel_size=f.pipeline_parallel_size, kv_cache_dtype=f.kv_cache_dtype,
-            max_model_len=f.max_model_len))
+            max_model_len=f.max_model_len, max_num_seqs=f.max_num_seqs or base.max_num_seqs))
         assert est.fits, f
         assert est.max_concurrency >= 1
 

@@ -2,10 +2,11 @@
 (pure; no I/O).
 
 When a launch does not fit, kvcap tries, on the same memory model: larger tensor parallelism,
-pipeline parallelism, an fp8 KV cache, a shorter `--max-model-len`, and larger GPU products of the
-same vendor -- each alone and the useful combinations -- and names the cheapest of each kind,
-cheapest first. Cost is the planner's proxy: GPU memory provisioned (GPUs x GiB per GPU); at equal
-cost, an option that keeps the requested context and KV precision comes first.
+pipeline parallelism, a lower `--max-num-seqs` (the profile run's sampler batch), an fp8 KV cache, a
+shorter `--max-model-len`, and larger GPU products of the same vendor -- each alone and the useful
+combinations -- and names the cheapest of each kind, cheapest first. Cost is the planner's proxy:
+GPU memory provisioned (GPUs x GiB per GPU); at equal cost, an option that keeps the requested
+context and KV precision comes first.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from kvcap.capacity.memory import Estimate, ServeArgs, estimate
 TP_SIZES = (1, 2, 4, 8)  # one node
 PP_SIZES = (1, 2, 3, 4)
 # at equal cost, prefer what changes the least for the user
-_PREFERENCE = {"tensor-parallel": 0, "pipeline-parallel": 1, "fp8-kv": 2, "another-gpu": 3,
-               "shorter-context": 4}
+_PREFERENCE = {"tensor-parallel": 0, "pipeline-parallel": 1, "fewer-seqs": 2, "fp8-kv": 3,
+               "another-gpu": 4, "shorter-context": 5}
 
 
 @dataclass(frozen=True, slots=True)
 class Fit:
-    kind: str  # tensor-parallel | pipeline-parallel | fp8-kv | shorter-context | another-gpu
+    kind: str  # tensor-parallel | pipeline-parallel | fewer-seqs | fp8-kv | shorter-context |
+    #            another-gpu
     gpu: str
     tensor_parallel_size: int
     pipeline_parallel_size: int
@@ -36,6 +38,7 @@ class Fit:
     gpus: int
     cost_gib: float  # GPU memory provisioned
     max_concurrency: float  # requests of max_model_len one replica holds
+    max_num_seqs: int | None = None  # set when the hint lowers --max-num-seqs
 
     def flags(self, base: ServeArgs) -> str:
         parts = [f"--gpu {self.gpu}"]
@@ -47,6 +50,8 @@ class Fit:
             parts.append(f"--kv-cache-dtype {self.kv_cache_dtype}")
         if self.max_model_len != base.max_model_len:
             parts.append(f"--max-model-len {self.max_model_len}")
+        if self.max_num_seqs is not None:
+            parts.append(f"--max-num-seqs {self.max_num_seqs}")
         return " ".join(parts)
 
     def describe(self, base: ServeArgs) -> str:
@@ -69,7 +74,29 @@ def _fit(kind: str, gpu: Gpu, args: ServeArgs, est: Estimate) -> Fit:
     n = args.tensor_parallel_size * args.pipeline_parallel_size
     return Fit(kind, gpu.name, args.tensor_parallel_size, args.pipeline_parallel_size,
                args.kv_cache_dtype, est.max_model_len, n, n * gpu.memory_bytes / GIB,
-               est.max_concurrency)
+               est.max_concurrency, args.max_num_seqs if kind == "fewer-seqs" else None)
+
+
+def _fewer_seqs(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> tuple[ServeArgs, Estimate] | None:
+    """The largest --max-num-seqs below the current one that fits: V1's profile run samples that
+    many dummy requests over the whole vocabulary (see vllm_version, "sampler"), so fewer sequences
+    free KV memory without more GPUs. None when even one sequence does not fit."""
+    try:
+        est = estimate(arch, gpu, args)
+    except KvcapError:
+        return None
+    if est.engine != "V1" or est.max_num_seqs <= 1:
+        return None
+    lo, hi, best = 1, est.max_num_seqs - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        trial = replace(args, max_num_seqs=mid)
+        got = _try(arch, gpu, trial)
+        if got is not None:
+            best, lo = (trial, got), mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gpu] = (),
@@ -109,6 +136,9 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
             if est is not None:
                 offer(_fit("fp8-kv", gpu, a, est))
                 break
+    fewer = _fewer_seqs(arch, gpu, args)
+    if fewer is not None:
+        offer(_fit("fewer-seqs", gpu, *fewer))
     for tp, pp in shape_list:
         if tp * pp < args.tensor_parallel_size * args.pipeline_parallel_size:
             continue
