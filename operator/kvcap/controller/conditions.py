@@ -270,13 +270,17 @@ def check_stalled(checks: Iterable[Check]) -> Check:
     return Check("False", kc.NOT_STALLED, "nothing blocks progress")
 
 
-def check_reconciling(stalled: Check, planned: Check, progressing: Check) -> Check:
+def check_reconciling(
+    stalled: Check, planned: Check, progressing: Check, synced: Check | None = None
+) -> Check:
     """Reconciling: True while the operator still works toward the spec (kstatus: never together
     with Stalled=True)."""
     if stalled.ok:
         return Check("False", stalled.reason, "stalled: " + stalled.message)
     if planned.status != "True" and planned.reason not in STALLING_REASONS:
         return Check("True", planned.reason, planned.message)
+    if synced is not None and synced.status == "False":  # e.g. ApplyFailed: retried
+        return Check("True", synced.reason, synced.message)
     if progressing.status == "True":
         return Check("True", progressing.reason, progressing.message)
     return Check("False", kc.RECONCILED, "the status reflects the current spec")
@@ -440,7 +444,7 @@ def build_status(
     stalled = check_stalled(
         (planned, synced, schedulable, *((failure,) if failure is not None else ()))
     )
-    reconciling = check_reconciling(stalled, planned, progressing)
+    reconciling = check_reconciling(stalled, planned, progressing, synced)
 
     conds: list[dict[str, Any]] = list((old_status or {}).get("conditions") or [])
     for type_, check in (

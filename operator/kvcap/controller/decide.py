@@ -523,6 +523,8 @@ def decide_error(
     reports those: it just re-checks)."""
     if not planned.ok and planned.reason in TRANSIENT_REASONS:
         return Failure(False, planned.message, delay=max(60.0, retry_delay))
+    if synced.reason == kc.APPLY_FAILED:  # written to status first, then retried
+        return Failure(False, synced.message, delay=retry_delay)
     if trigger != "change":
         return None
     if planned.reason == kc.INVALID_SPEC:

@@ -505,6 +505,7 @@ async def sync_children(
             conflicts.append(f"{obj['kind']} '{obj['metadata']['name']}'")
     objects: list[dict[str, Any]] = []
     rejected: list[str] = []
+    failed: str | None = None  # a transient error midway: reported, then retried
     order = {kind_name(o): i for i, o in enumerate(desired)}
     current = {kind_name(o): o for o in listed}
     for obj in sorted(to_apply, key=lambda o: order[kind_name(o)]):
@@ -515,8 +516,9 @@ async def sync_children(
         try:
             result = await kube.apply(obj)
         except ApiError as err:
-            if err.transient:
-                raise
+            if err.transient:  # stop here; ChildrenSynced=False/ApplyFailed says how far it got
+                failed = f"{obj['kind']} '{obj['metadata']['name']}': {err}"
+                break
             rejected.append(f"{obj['kind']} '{obj['metadata']['name']}': {err.message}")
             continue
         objects.append(result)
@@ -533,7 +535,7 @@ async def sync_children(
         elif before != result.get("metadata", {}).get("resourceVersion"):
             logger.info("Updated %s %s", obj["kind"], obj["metadata"]["name"])
     deleted = []
-    for obj in diff.delete:
+    for obj in () if failed is not None else diff.delete:  # never prune a half-applied set
         meta = obj["metadata"]
         plural = plural_for(obj["apiVersion"], obj["kind"])
         if await kube.delete(
@@ -541,7 +543,13 @@ async def sync_children(
         ):
             deleted.append(f"{obj['kind']} '{meta['name']}'")
             logger.info("Deleted %s %s", obj["kind"], meta["name"])
-    if rejected:
+    if failed is not None:
+        check = Check(
+            "False",
+            kc.APPLY_FAILED,
+            f"applied {len(objects)} of {len(to_apply)} children, then {failed}; retrying",
+        )
+    elif rejected:
         check = Check("False", kc.APPLY_REJECTED, "the API server rejected " + "; ".join(rejected))
     elif conflicts:
         check = Check(
