@@ -237,8 +237,13 @@ class _Layout:
 
 def _effective_kinds(arch: ModelArch, prof: VllmProfile, disable_hybrid: bool) -> tuple[str, ...]:
     hybrid = prof.hybrid_allocator and not disable_hybrid and prof.engine == "V1"
+    return _kinds_for(arch.layer_kinds, hybrid)
+
+
+@cache
+def _kinds_for(layer_kinds: tuple[str, ...], hybrid: bool) -> tuple[str, ...]:
     out = []
-    for kind in arch.layer_kinds:
+    for kind in layer_kinds:
         if kind in (SLIDING, CHUNKED) and not hybrid:
             kind = FULL  # without the hybrid allocator, local layers keep KV for every token
         if kind == CROSS:
@@ -281,6 +286,7 @@ def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, pro
     return _Layout(kinds, per_token, mamba_page, bs, page)
 
 
+@cache  # pure and called for every estimate: the planner asks about the same model many times
 def _group_layers(kinds: tuple[str, ...], stage: tuple[int, int]) -> tuple[list[tuple[str, int]], int]:
     """Split layers into KV cache groups (`_get_kv_cache_groups_uniform_page_size`) and project them
     onto one pipeline stage. Returns [(kind, layers on this stage)] per group and the group count."""
