@@ -224,3 +224,30 @@ def test_children_size_pods_from_the_catalog_weights() -> None:
     # Llama-3.1-8B: ~16 GB of bf16 weights -> 8 + 16 (shm) + 15 (weights) GiB
     assert pod["containers"][0]["resources"]["requests"]["memory"] == "39Gi"
     assert pod["volumes"][1]["emptyDir"]["sizeLimit"] == "35Gi"
+
+
+@pytest.mark.parametrize(
+    ("args", "flags"),
+    [
+        (["--speculative-config={\"num_speculative_tokens\": 3}"], ["--speculative-config"]),
+        (["--cpu_offload_gb=8", "--seed=0"], ["--cpu-offload-gb"]),
+        (["--enable-lora", "--max-loras", "4", "--enable-lora"], ["--enable-lora", "--max-loras"]),
+        (["--enable-chunked-prefill", "--seed=0"], []),
+    ],
+)
+def test_flags_the_plan_does_not_model_are_found(args: list[str], flags: list[str]) -> None:
+    assert podspec.unmodelled_flags(args) == flags
+
+
+def test_flags_the_plan_does_not_model_are_reported_in_capacity_planned() -> None:
+    from kvcap.controller.conditions import Check
+
+    planned = Check("True", "PlanFits", "2 GPUs (default: 2 x H100-80GB TP 1)")
+    spec = make_spec(vllm={"extraArgs": ["--speculative-config={}", "--cpu-offload-gb=8"]})
+    got = podspec.note_unmodelled_flags(planned, spec)
+    assert (got.status, got.reason) == ("True", "PlanFits")
+    assert "'--speculative-config' adds a draft model's weights and KV cache" in got.message
+    assert "'--cpu-offload-gb' moves weights to host memory" in got.message
+    assert podspec.note_unmodelled_flags(planned, make_spec()) == planned
+    failed = Check("False", "Infeasible", "no")
+    assert podspec.note_unmodelled_flags(failed, spec) == failed

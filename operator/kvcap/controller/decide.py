@@ -60,6 +60,7 @@ from kvcap.controller.conditions import (
     status_changed,
     transition_events,
 )
+from kvcap.controller.podspec import note_unmodelled_flags
 from kvcap.controller.render import (
     Features,
     Owner,
@@ -741,6 +742,7 @@ def decide(obs: Observation, policy: Policy) -> Decision:
         )
         if plan is not None and planned.ok:
             planned = check_multi_node(spec, plan, policy.render.features) or planned
+    planned = note_unmodelled_flags(planned, spec)
     runnable = plan if (plan is not None and planned.ok) else None
     scales: Mapping[str, PoolScale] = {}
     external: frozenset[str] = frozenset()

@@ -42,6 +42,7 @@ from kvcap.capacity import catalog
 from kvcap.capacity.configs import load_model
 from kvcap.capacity.memory import weight_bytes_per_gpu
 from kvcap.capacity.plan_types import PoolPlan
+from kvcap.controller.conditions import Check
 
 GIB = 2**30
 MODEL_CACHE_VOLUME = "model-cache"
@@ -140,6 +141,47 @@ def serve_args(args: Sequence[str]) -> list[str]:
             del out[i]
             return [arg.split("=", 1)[1], *out]
     return out
+
+
+#: `vllm serve` flags that change GPU memory in ways the KV plan does not model; passed through
+#: extraArgs they are reported in CapacityPlanned rather than silently invalidating the plan.
+#: Source: vLLM engine arguments, https://docs.vllm.ai/en/latest/configuration/engine_args.html
+UNMODELLED_FLAGS: dict[str, str] = {
+    "--cpu-offload-gb": "moves weights to host memory, leaving more KV cache than planned",
+    "--speculative-config": "adds a draft model's weights and KV cache",
+    "--kv-offloading-size": "adds a CPU tier to the KV cache",
+    "--kv-offloading-backend": "adds a CPU tier to the KV cache",
+    "--enable-lora": "reserves GPU memory for LoRA adapters",
+    "--max-loras": "reserves GPU memory for LoRA adapters",
+    "--max-lora-rank": "reserves GPU memory for LoRA adapters",
+    "--enforce-eager": "skips CUDA graphs, freeing the memory the plan reserved for them",
+    "--compilation-config": "changes the CUDA graphs captured and their memory",
+    "--cudagraph-capture-sizes": "changes the CUDA graphs captured and their memory",
+    "--limit-mm-per-prompt": "sizes the multimodal encoder cache",
+}
+
+
+def unmodelled_flags(args: Sequence[str]) -> list[str]:
+    """The flags of `args` in UNMODELLED_FLAGS ('--max_loras=4' counts as '--max-loras')."""
+    found = []
+    for arg in args:
+        flag = arg.split("=", 1)[0].replace("_", "-")
+        if flag in UNMODELLED_FLAGS and flag not in found:
+            found.append(flag)
+    return found
+
+
+def note_unmodelled_flags(planned: Check, spec: ModelDeploymentSpec) -> Check:
+    """CapacityPlanned with a note naming the extraArgs whose memory the plan does not model."""
+    flags = unmodelled_flags(spec.vllm.extra_args)
+    if not planned.ok or not flags:
+        return planned
+    notes = "; ".join(f"'{f}' {UNMODELLED_FLAGS[f]}" for f in flags)
+    return Check(
+        planned.status,
+        planned.reason,
+        f"{planned.message}. Not modelled by the plan: {notes}; the KV budget may differ",
+    )
 
 
 # --- pieces of the pod ---
