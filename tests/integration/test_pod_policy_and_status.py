@@ -189,6 +189,13 @@ def test_abbreviated_planned_flags_are_rejected_by_the_apiserver(
         api.create_md(ns, "abbrev", spec)
     assert err.value.status == 422
     assert "must not set or abbreviate '--gpu-memory-util'" in err.value.body
+    for field, value in (("name", "acme/../../admin"), ("revision", "..")):
+        bad = small_spec()
+        bad["model"][field] = value
+        with pytest.raises(devcluster.ApiError) as err:
+            api.create_md(ns, "dotdot", bad)
+        assert err.value.status == 422
+        assert f"{field} must not contain '..' path segments" in err.value.body
     spec["vllm"] = {"extraArgs": ["--model-impl=vllm", "--enable-chunked-prefill"]}
     assert api.create_md(ns, "fine", spec)["metadata"]["name"] == "fine"
     assert api.get(f"{MD_PATH.format(ns=ns)}/fine") is not None

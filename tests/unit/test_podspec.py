@@ -251,3 +251,16 @@ def test_flags_the_plan_does_not_model_are_reported_in_capacity_planned() -> Non
     assert podspec.note_unmodelled_flags(planned, make_spec()) == planned
     failed = Check("False", "Infeasible", "no")
     assert podspec.note_unmodelled_flags(failed, spec) == failed
+
+
+@pytest.mark.parametrize("name", ["../etc", "acme/../../secret", "..", "/models/../x"])
+def test_model_names_with_dot_dot_segments_are_rejected(name: str) -> None:
+    with pytest.raises(ValidationError, match=r"must not contain '\.\.' path segments"):
+        make_spec(model={"name": name})
+    with pytest.raises(ValidationError, match=r"must not contain '\.\.' path segments"):
+        make_spec(model={"name": MODEL, "revision": name})
+
+
+@pytest.mark.parametrize("name", [MODEL, "/models/llama", "acme/v1..2", "gpt2"])
+def test_ordinary_model_names_pass(name: str) -> None:
+    assert make_spec(model={"name": name}).model.name == name

@@ -113,6 +113,15 @@ class ModelSpec(ApiModel):
         "catalog alias. vLLM loads the weights by this name. May be changed: kvcap re-plans and "
         "rolls the pools over to the new model.",
     )]
+
+    @field_validator("name", "revision")
+    @classmethod
+    def _no_dot_dot(cls, value: str | None) -> str | None:
+        # `..` would walk out of the Hub URL (`{repo}/resolve/{revision}`) or of a local model
+        # directory; no Hub repo id or revision has such a segment.
+        if value is not None and ".." in value.split("/"):
+            raise ValueError("must not contain '..' path segments")
+        return value
     revision: Annotated[str | None, Field(
         default=None, max_length=128, description="Hugging Face revision (branch, tag or commit).",
     )] = None
