@@ -62,6 +62,10 @@ crds-check: setup ## pydantic <-> CRD, chart copy, examples, manifests in sync
 	$(PYTEST) tests/unit/test_crd_matches_models.py tests/unit/test_examples.py tests/unit/test_manifests_in_sync.py -q
 
 ##@ Benchmarks
+.PHONY: bench-autoscale
+bench-autoscale: setup ## Autoscaling loop figures: queries and CPU per tick at 100 x 2 pools, pressure -> decision, Prometheus down
+	$(BIN)/python benchmarks/autoscale_loop.py
+
 .PHONY: bench
 bench: setup ## Estimator accuracy vs vLLM logs and peers; planner speed
 	$(BIN)/python benchmarks/estimator_accuracy.py

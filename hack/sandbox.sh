@@ -15,6 +15,10 @@
 #                          e.g. SANDBOX_OPERATOR_CMD='.venv/bin/kvcap run'
 #   SANDBOX_APPLY          files/dirs passed to `kubectl apply -f` after the operator started
 #                          (space-separated; needs kubectl on PATH), e.g. 'crds/ examples/llama.yaml'
+#   SANDBOX_METRICS        'auto' (default): when /usr/bin/prometheus exists, also start a Prometheus
+#                          on 127.0.0.1:$SANDBOX_PROM_PORT (default 9091) and one vLLM metrics
+#                          emulator per kvcap pod (`kvcap emulate-vllm follow`), and point the operator
+#                          at them, so `spec.autoscaling` works; 'off' skips it
 #   PYTHON                 interpreter with pyyaml (default .venv/bin/python, else python3)
 set -Eeuo pipefail
 
@@ -29,15 +33,77 @@ DEVCLUSTER=("$PYTHON" "$REPO/hack/devcluster.py")
 
 say() { printf '[sandbox] %s\n' "$*" >&2; }
 
+SANDBOX_METRICS=${SANDBOX_METRICS:-auto}
+SANDBOX_PROM_PORT=${SANDBOX_PROM_PORT:-9091}
+PROMETHEUS_BIN=${PROMETHEUS_BIN:-/usr/bin/prometheus}
+KVCAP_BIN=${KVCAP_BIN:-$REPO/.venv/bin/kvcap}
+
 # ----------------------------------------------------------------------------- hooks
 # Steps that run after the cluster is up / before it goes down. Add new steps here.
+
+metrics_wanted() {
+  [[ $SANDBOX_METRICS != off && -x $PROMETHEUS_BIN && -x $KVCAP_BIN ]]
+}
+
+# Start a background process: its PID goes to $SANDBOX_DIR/<name>.pid, its log to logs/<name>.log.
+start_bg() {
+  local name=$1
+  shift
+  mkdir -p "$SANDBOX_DIR/logs"
+  (cd "$REPO" && KUBECONFIG=$KUBECONFIG_PATH exec setsid "$@" \
+    >>"$SANDBOX_DIR/logs/$name.log" 2>&1 </dev/null) &
+  echo $! >"$SANDBOX_DIR/$name.pid"
+}
+
+# Prometheus (file_sd targets with namespace/pod labels) + one vLLM emulator per kvcap pod.
+start_metrics() {
+  if ! metrics_wanted; then
+    [[ $SANDBOX_METRICS == off ]] ||
+      say "no $PROMETHEUS_BIN: autoscaling metrics skipped (apt-get install -y prometheus)"
+    return 0
+  fi
+  local dir=$SANDBOX_DIR/prometheus
+  mkdir -p "$dir"
+  [[ -f $SANDBOX_DIR/targets.json ]] || echo '[]' >"$SANDBOX_DIR/targets.json"
+  [[ -f $SANDBOX_DIR/levels.json ]] || echo '{}' >"$SANDBOX_DIR/levels.json"
+  printf '%s\n' \
+    'global: {scrape_interval: 5s, evaluation_interval: 5s}' \
+    'scrape_configs:' \
+    '  - job_name: vllm' \
+    "    file_sd_configs: [{files: [\"$SANDBOX_DIR/targets.json\"], refresh_interval: 5s}]" \
+    >"$dir/prometheus.yml"
+  say "starting Prometheus on 127.0.0.1:$SANDBOX_PROM_PORT and the vLLM metrics emulators"
+  start_bg prometheus "$PROMETHEUS_BIN" --config.file="$dir/prometheus.yml" \
+    --storage.tsdb.path="$dir/data" --web.listen-address="127.0.0.1:$SANDBOX_PROM_PORT" \
+    --storage.tsdb.retention.time=2h --log.level=warn
+  start_bg emulators "$KVCAP_BIN" emulate-vllm follow --targets-file "$SANDBOX_DIR/targets.json" \
+    --levels-file "$SANDBOX_DIR/levels.json"
+}
+
+stop_pid() {
+  local name=$1 pidfile=$SANDBOX_DIR/$1.pid pid
+  [[ -f $pidfile ]] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    say "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
 
 start_operator() {
   [[ -n ${SANDBOX_OPERATOR_CMD:-} ]] || return 0
   say "starting the operator: $SANDBOX_OPERATOR_CMD"
   mkdir -p "$SANDBOX_DIR/logs"
-  (cd "$REPO" && KUBECONFIG=$KUBECONFIG_PATH exec setsid bash -c "$SANDBOX_OPERATOR_CMD" \
-    >>"$SANDBOX_DIR/logs/operator.log" 2>&1 </dev/null) &
+  local env=()
+  if metrics_wanted; then
+    env+=(KVCAP_PROMETHEUS_URL="http://127.0.0.1:$SANDBOX_PROM_PORT"
+      KVCAP_AUTOSCALE_INTERVAL_SECONDS=5 KVCAP_PROMETHEUS_RATE_WINDOW=1m KVCAP_METRICS_PORT=Disabled)
+  fi
+  (cd "$REPO" && KUBECONFIG=$KUBECONFIG_PATH exec env "${env[@]}" setsid bash -c \
+    "$SANDBOX_OPERATOR_CMD" >>"$SANDBOX_DIR/logs/operator.log" 2>&1 </dev/null) &
   echo $! >"$SANDBOX_DIR/operator.pid"
   sleep 2
   if ! kill -0 "$(cat "$SANDBOX_DIR/operator.pid")" 2>/dev/null; then
@@ -91,16 +157,41 @@ show_result() {
   "${k[@]}" get deployments,services -A -l app.kubernetes.io/managed-by=kvcap || true
   echo
   "${k[@]}" get pods -A -l app.kubernetes.io/managed-by=kvcap -o wide || true
+  show_autoscaling
+}
+
+# The one command that pushes a pool into KV pressure (and back), for the first ModelDeployment.
+show_autoscaling() {
+  metrics_wanted || return 0
+  local k=(kubectl --kubeconfig "$KUBECONFIG_PATH") md ns name rel levels
+  md=$("${k[@]}" get modeldeployments -A \
+    -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{end}' | head -n 1)
+  [[ -n $md ]] || return 0
+  ns=${md%%/*}
+  name=${md##*/}
+  rel=${SANDBOX_DIR#"$PWD"/}
+  levels="$KVCAP_BIN emulate-vllm set --levels-file $rel/levels.json --pool $ns/$name/default"
+  echo
+  echo "Autoscaling: Prometheus on http://127.0.0.1:$SANDBOX_PROM_PORT scrapes one vLLM metrics"
+  echo "emulator per pod. Let kvcap scale $md, push its pool into KV pressure and watch it scale:"
+  echo
+  echo "  kubectl --kubeconfig $rel/kubeconfig -n $ns patch mdep $name --type merge -p '{\"spec\":{\"autoscaling\":{\"policy\":\"KVHeadroom\",\"maxReplicas\":4,\"scaleDownDelaySeconds\":60}}}'"
+  echo "  $levels --kv-usage 0.97 --waiting-capacity 12 --preemptions-per-second 0.5"
+  echo "  kubectl --kubeconfig $rel/kubeconfig get mdep -A -w"
+  echo "  $levels --kv-usage 0.05 --waiting-capacity 0 --preemptions-per-second 0   # idle again"
 }
 
 post_up_hooks() {
   apply_manifests # CRDs first, as a chart install creates them before the operator starts
+  start_metrics
   start_operator
   show_result
 }
 
 pre_down_hooks() {
   stop_operator
+  stop_pid emulators
+  stop_pid prometheus
 }
 
 # ----------------------------------------------------------------------------- commands
