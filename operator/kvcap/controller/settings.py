@@ -8,6 +8,8 @@
 | KVCAP_NAMESPACES | "" (cluster-wide) | comma-separated namespaces (kopf globs allowed) to watch |
 | KVCAP_LIVENESS_ENDPOINT | "" (off) | e.g. `http://0.0.0.0:8080/healthz` |
 | KVCAP_PROMETHEUS_URL | http://prometheus-operated.monitoring.svc:9090 | default Prometheus |
+| KVCAP_PROMETHEUS_*, KVCAP_AUTOSCALE_* | | autoscaling (token, CA, URL allowlist, tick, ...) |
+| KVCAP_METRICS_PORT | 8090 | the operator's metrics; all these in `kvcap.controller.autoscaler` |
 | KVCAP_RESYNC_SECONDS | 300 | interval of the level-based resync of every ModelDeployment |
 | KVCAP_WORKERS | 4 | reconciles running at once (a cold start queues the rest) |
 | KVCAP_REQUEST_TIMEOUT_SECONDS | 30 | connect and read timeout of each API request |
