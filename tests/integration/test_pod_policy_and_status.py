@@ -11,6 +11,7 @@ from typing import Any
 
 import devcluster
 import pytest
+from operator_helpers import H100 as H100_LABEL
 from operator_helpers import MD_PATH, Api, condition, is_current, small_spec, wait_for
 
 from kvcap.api import constants as kc
@@ -199,3 +200,39 @@ def test_abbreviated_planned_flags_are_rejected_by_the_apiserver(
     spec["vllm"] = {"extraArgs": ["--model-impl=vllm", "--enable-chunked-prefill"]}
     assert api.create_md(ns, "fine", spec)["metadata"]["name"] == "fine"
     assert api.get(f"{MD_PATH.format(ns=ns)}/fine") is not None
+
+
+@pytest.mark.timeout(420)
+def test_a_rollout_progresses_on_a_fully_used_gpu_pool(kvcap_api: Api, op_namespace: str) -> None:
+    """Every H100 of the cluster in use: the old `maxSurge: 1, maxUnavailable: 0` waited forever
+    for a spare GPU; now one old pod goes first and the rollout completes."""
+    api, ns = kvcap_api, op_namespace
+    api.create_md(ns, "full", small_spec())
+    md = md_when(api, ns, "full", "Ready", "True")
+    total = sum(int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
+                for n in api.items("/api/v1/nodes")
+                if n["metadata"]["labels"].get(devcluster.LABEL_PRODUCT) == H100_LABEL)
+    filler = total - md["status"]["totalGpus"]
+    labels = {"app": "filler"}
+    api.create(f"/apis/apps/v1/namespaces/{ns}/deployments", {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "filler"},
+        "spec": {"replicas": filler, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"nodeSelector": {devcluster.LABEL_PRODUCT: H100_LABEL},
+                     "tolerations": [devcluster.KWOK_TOLERATION],
+                     "containers": [{"name": "c", "image": "busybox",
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}})
+    wait_for(f"{filler} filler pods holding every other H100", lambda: (api.get(
+        f"/apis/apps/v1/namespaces/{ns}/deployments/filler") or {}).get("status", {}).get(
+        "readyReplicas") == filler, TIMEOUT)
+
+    api.patch_md(ns, "full", {"spec": {"vllm": {"env": [{"name": "ROLL", "value": "1"}]}}})
+    md = md_when(api, ns, "full", "Progressing", "False", kc.ROLLOUT_COMPLETE, timeout=240)
+    assert md["metadata"]["generation"] == 2
+    dep = api.deployment(ns, "full-default")
+    assert dep is not None
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 1}
+    assert dep["status"].get("updatedReplicas") == 2 and dep["status"].get("readyReplicas") == 2
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "ROLL", "value": "1"} in env
+    assert is_current(md, "Ready", "True")
