@@ -166,3 +166,13 @@ def k8s_namespace(
     yield name
     with contextlib.suppress(devcluster.ClusterError, OSError):
         envtest_cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture(autouse=True)
+def _fake_nodes_ready(request: pytest.FixtureRequest) -> None:
+    """Every e2e test starts on Ready fake nodes: a test that stalled kwok (or a machine that did)
+    must not leave the next one scheduling onto NotReady nodes. Costs one GET when all is well."""
+    if "e2e_cluster" not in request.fixturenames:
+        return
+    cluster: devcluster.Cluster = request.getfixturevalue("e2e_cluster")
+    cluster.wait_nodes_ready(timeout=devcluster.NodeHealth().grace_seconds)
