@@ -2,9 +2,10 @@
 
 Given a model (`ModelArch`), a GPU and the `vllm serve` flags, predict what vLLM prints at startup:
 "Available KV cache memory: X GiB", "GPU KV cache size: N tokens", "Maximum concurrency for L tokens
-per request: Cx", or its refusal to start. The KV part follows vLLM V1's `vllm/v1/core/kv_cache_utils.py`
-(`get_kv_cache_groups`, `get_kv_cache_config_from_groups`, `_report_kv_cache_config`,
-`get_max_concurrency_for_kv_cache_config`, `_check_enough_kv_cache_memory`) and the per-layer specs of
+per request: Cx", or its refusal to start. The KV part follows vLLM V1's
+`vllm/v1/core/kv_cache_utils.py` (`get_kv_cache_groups`, `get_kv_cache_config_from_groups`,
+`_report_kv_cache_config`, `get_max_concurrency_for_kv_cache_config`,
+`_check_enough_kv_cache_memory`) and the per-layer specs of
 `vllm/v1/kv_cache_interface.py`; V0 follows `vllm/worker/cache_engine.py` (`get_cache_block_size`).
 The non-KV part (activation peak, non-torch memory, CUDA graphs) is a calibrated model: see
 `kvcap/capacity/data/overheads.yaml` and `benchmarks/calibrate_overheads.py`.
@@ -27,6 +28,7 @@ from kvcap.capacity.vllm_version import VllmProfile, profile
 
 KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16", "fp8_inc", "fp8_ds_mla")
 DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py DEFAULT_BLOCK_SIZE
+_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -35,7 +37,8 @@ def cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ServeArgs:
-    """The `vllm serve` flags that affect memory, spelled as vLLM spells them (None = vLLM default)."""
+    """The `vllm serve` flags that affect memory, spelled as vLLM spells them (None = vLLM's
+    default)."""
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -51,7 +54,7 @@ class ServeArgs:
     vllm_version: str | None = None
     enforce_eager: bool = False
     disable_hybrid_kv_cache_manager: bool = False
-    dtype: str = "auto"  # --dtype: 'auto' (checkpoint dtype; float32 served as bfloat16) or explicit
+    dtype: str = "auto"  # --dtype: 'auto' (checkpoint dtype; float32 served as bf16) or explicit
     # a team's own measurements (kvcap calibrate); the one matching model, GPU and version applies
     calibrations: tuple[Calibration, ...] = ()
 
@@ -200,7 +203,8 @@ def backend_block_size(arch: ModelArch, gpu: Gpu, prof: VllmProfile) -> int | No
 def kv_dtype_bytes(kv_cache_dtype: str, arch: ModelArch) -> int:
     if kv_cache_dtype not in KV_DTYPES:
         raise InvalidArgument(
-            f"--kv-cache-dtype '{kv_cache_dtype}' is not supported; must be one of {', '.join(KV_DTYPES)}"
+            f"--kv-cache-dtype '{kv_cache_dtype}' is not supported; must be one of "
+            f"{', '.join(KV_DTYPES)}"
         )
     if kv_cache_dtype.startswith("fp8"):
         return 1
@@ -257,10 +261,8 @@ def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, pro
     kinds = _effective_kinds(arch, prof, disable_hybrid)
     if arch.is_mla:
         # MLA keeps one latent (kv_lora_rank + rope dims) per token, replicated on every TP rank.
-        if kv_cache_dtype == "fp8_ds_mla":
-            per_token = 656  # MLAAttentionSpec: FlashMLA sparse fp8 layout
-        else:
-            per_token = arch.mla_latent_dim * kv_bytes
+        # fp8_ds_mla: MLAAttentionSpec's FlashMLA sparse fp8 layout, 656 bytes per token
+        per_token = 656 if kv_cache_dtype == "fp8_ds_mla" else arch.mla_latent_dim * kv_bytes
         # DeepSeek sparse attention (V3.2, GLM-5): each MLA layer's lightning-indexer keys ride in
         # the same blocks (fp8 + scales, independent of --kv-cache-dtype). Checked against the
         # DeepSeek-V3.2 H200/B200 logs of the validation set: 61 x (1152 + 132) B per token.
@@ -276,7 +278,8 @@ def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, pro
         mamba_page = arch.mamba.bytes_per_rank(tp, arch.dtype_bytes)
         if block_size is None and n_attn:
             # HybridAttentionMambaModelConfig.verify_and_update_config: grow the attention block so
-            # one attention page holds at least one Mamba state, in multiples of the kernel alignment.
+            # one attention page holds at least one Mamba state, in multiples of the kernel
+            # alignment.
             align = 16
             attn_block = align * cdiv(mamba_page, align * per_token)
             bs = max(bs, attn_block)
@@ -287,9 +290,11 @@ def _layout(arch: ModelArch, tp: int, kv_bytes: int, block_size: int | None, pro
 
 
 @cache  # pure and called for every estimate: the planner asks about the same model many times
-def _group_layers(kinds: tuple[str, ...], stage: tuple[int, int]) -> tuple[list[tuple[str, int]], int]:
+def _group_layers(kinds: tuple[str, ...],
+                  stage: tuple[int, int]) -> tuple[list[tuple[str, int]], int]:
     """Split layers into KV cache groups (`_get_kv_cache_groups_uniform_page_size`) and project them
-    onto one pipeline stage. Returns [(kind, layers on this stage)] per group and the group count."""
+    onto one pipeline stage. Returns [(kind, layers on this stage)] per group and the group
+    count."""
     by_kind: dict[str, list[int]] = {}
     for idx, kind in enumerate(kinds):
         by_kind.setdefault(kind, []).append(idx)
@@ -322,7 +327,8 @@ def _blocks_per_request(kind: str, arch: ModelArch, max_model_len: int, block_si
         return cdiv(tokens, block_size) + 1
     if kind == CHUNKED:
         assert arch.attention_chunk_size is not None
-        return cdiv(min(arch.attention_chunk_size + max_num_batched_tokens, max_model_len), block_size)
+        chunk = min(arch.attention_chunk_size + max_num_batched_tokens, max_model_len)
+        return cdiv(chunk, block_size)
     if kind == MAMBA:
         return 1  # mamba_cache_mode "none": one state page per request
     raise AssertionError(kind)
@@ -346,9 +352,10 @@ MXFP4_EXPERT_FACTOR = 1.088
 def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | None) -> int:
     """Model weights resident on one GPU of the largest pipeline stage.
 
-    Embedding and lm_head stay in the model dtype (vocab-parallel, split by TP); linear layers take the
-    checkpoint's quantization (or the `--quantization` flag's); mxfp4 (gpt-oss) quantizes only the
-    MoE experts. Everything else is split by TP x PP. Verified against "Model loading took X GiB".
+    Embedding and lm_head stay in the model dtype (vocab-parallel, split by TP); linear layers take
+    the checkpoint's quantization (or the `--quantization` flag's); mxfp4 (gpt-oss) quantizes only
+    the MoE experts. Everything else is split by TP x PP. Verified against "Model loading took X
+    GiB".
     """
     method = (quantization or arch.quant_method or "").lower() or None
     bits = arch.quant_bits if (method and method == arch.quant_method) else None
@@ -443,7 +450,8 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
     if vendor == "amd":
         act += m.amd_extra_gib * GIB
     if arch.is_moe and arch.experts_per_token:
-        act += m.act_per_token_moe * tokens * arch.experts_per_token * arch.moe_intermediate_size / tp
+        width = arch.experts_per_token * arch.moe_intermediate_size
+        act += m.act_per_token_moe * tokens * width / tp
     if tp > 1:
         keys = sorted(m.non_torch_gib)
         nt_key = max((k for k in keys if k <= tp), default=keys[0])
@@ -466,19 +474,21 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
 # ---------------------------------------------------------------------------------------------
 
 def validate_parallelism(arch: ModelArch, tp: int, pp: int, dcp: int) -> None:
-    """The checks vLLM makes before it loads anything (config/model.py verify_with_parallel_config)."""
+    """The checks vLLM makes before it loads anything (config/model.py
+    verify_with_parallel_config)."""
     if tp < 1 or pp < 1 or dcp < 1:
         raise InvalidArgument("--tensor-parallel-size, --pipeline-parallel-size and "
                               "--decode-context-parallel-size must be >= 1")
     if arch.num_attention_heads % tp:
         valid = [t for t in (1, 2, 4, 8, 16, 32) if arch.num_attention_heads % t == 0]
         raise InvalidArgument(
-            f"--tensor-parallel-size {tp} must divide the model's {arch.num_attention_heads} attention "
-            f"heads; valid sizes: {', '.join(map(str, valid))}"
+            f"--tensor-parallel-size {tp} must divide the model's {arch.num_attention_heads} "
+            f"attention heads; valid sizes: {', '.join(map(str, valid))}"
         )
     n_layers = len(arch.layer_kinds) or 1
     if pp > n_layers:
-        raise InvalidArgument(f"--pipeline-parallel-size {pp} exceeds the model's {n_layers} layers")
+        raise InvalidArgument(
+            f"--pipeline-parallel-size {pp} exceeds the model's {n_layers} layers")
     if dcp > 1 and tp % dcp:
         raise InvalidArgument(
             f"--decode-context-parallel-size {dcp} must divide --tensor-parallel-size {tp}"
@@ -489,7 +499,8 @@ def with_dtype(arch: ModelArch, dtype: str) -> ModelArch:
     """Apply `--dtype`: weights and an 'auto' KV cache take the serving dtype."""
     if dtype in ("auto", "", None):
         return arch
-    name = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
+    aliases = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    name = aliases.get(dtype, dtype)
     size = DTYPE_BYTES.get(name)
     if size is None:
         raise InvalidArgument(f"--dtype '{dtype}' must be one of auto, bfloat16, float16, float32")
@@ -501,7 +512,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     """Predict vLLM's startup memory accounting for one replica. `overheads` replaces the shipped
     overhead coefficients per profiler era (the accuracy benchmark's leave-one-source-out fits)."""
     prof = profile(args.vllm_version)
-    tp, pp, dcp = args.tensor_parallel_size, args.pipeline_parallel_size, args.decode_context_parallel_size
+    tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+    dcp = args.decode_context_parallel_size
     validate_parallelism(arch, tp, pp, dcp)
     util = args.gpu_memory_utilization
     if util is None:
@@ -511,7 +523,7 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     max_model_len = args.max_model_len or arch.max_position_embeddings
     if max_model_len < 1:
         raise InvalidArgument("--max-model-len must be >= 1")
-    if args.block_size is not None and args.block_size not in (1, 8, 16, 32, 64, 128, 256, 512, 1024):
+    if args.block_size is not None and args.block_size not in _BLOCK_SIZES:
         raise InvalidArgument(f"--block-size {args.block_size} must be one of 8, 16, 32, 64, 128 "
                               f"(or 1, 256, 512, 1024 on some backends)")
     d_seqs, d_tokens = default_batch_limits(gpu, prof)
@@ -549,8 +561,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
                   args.kv_cache_dtype)
     bs = lay.block_size
     stages = pp_layer_split(len(arch.layer_kinds), pp)
-    # The first stage sizes the cache when stages are uneven only if it has the most layers; vLLM takes
-    # the minimum block count over all workers, so evaluate every stage.
+    # The first stage sizes the cache when stages are uneven only if it has the most layers; vLLM
+    # takes the minimum block count over all workers, so evaluate every stage.
     groups_all = [_group_layers(lay.kinds, st) for st in stages]
     stage_attn_layers = max(sum(1 for k in lay.kinds[a:b] if k != MAMBA) for a, b in stages)
     per_token_gpu = lay.attn_page_per_token * stage_attn_layers
@@ -597,24 +609,27 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
         est_len = _max_len_that_fits(arch, lay, sizing, available, tokens, dcp, group_size,
                                      max_model_len, prof.engine)
         if prof.engine == "V0":
-            reason = (f"The model's max seq len ({max_model_len}) is larger than the maximum number of "
-                      f"tokens that can be stored in KV cache ({kv_tokens})")
+            reason = (f"The model's max seq len ({max_model_len}) is larger than the maximum "
+                      f"number of tokens that can be stored in KV cache ({kv_tokens})")
         else:
-            reason = (f"To serve at least one request with the model's max seq len ({max_model_len}), "
-                      f"({request_bytes / GIB:.2f} GiB KV cache is needed, which is larger than the "
-                      f"available KV cache memory ({available / GIB:.2f} GiB). Based on the available "
-                      f"memory, the estimated maximum model length is {est_len}")
+            reason = (f"To serve at least one request with the model's max seq len "
+                      f"({max_model_len}), ({request_bytes / GIB:.2f} GiB KV cache is needed, "
+                      f"which is larger than the available KV cache memory "
+                      f"({available / GIB:.2f} GiB). Based on the available memory, the estimated "
+                      f"maximum model length is {est_len}")
     return Estimate(
         model=arch.name, gpu=gpu.name, vllm_version=prof.label, engine=prof.engine,
         tensor_parallel_size=tp, pipeline_parallel_size=pp, decode_context_parallel_size=dcp,
         gpus_per_replica=tp * pp, max_model_len=max_model_len, max_num_seqs=seqs,
         max_num_batched_tokens=tokens, block_size=bs, kv_cache_dtype=args.kv_cache_dtype,
         kv_dtype_bytes=kv_bytes, gpu_memory_utilization=util, gpu_total_bytes=total,
-        weights_bytes=weights, activation_bytes=act, non_torch_bytes=non_torch, cudagraph_bytes=graph,
+        weights_bytes=weights, activation_bytes=act, non_torch_bytes=non_torch,
+        cudagraph_bytes=graph,
         available_kv_bytes=available, kv_memory_given=given, kv_bytes_per_token=per_token_gpu,
         page_bytes=lay.page_bytes, group_size=group_size, groups=kv_groups, num_blocks=num_blocks,
         kv_tokens=kv_tokens, max_concurrency=concurrency, request_kv_bytes=request_bytes,
-        state_bytes_per_request=state_bytes, fits=fits, reason=reason, estimated_max_model_len=est_len,
+        state_bytes_per_request=state_bytes, fits=fits, reason=reason,
+        estimated_max_model_len=est_len,
         calibration=(cal.source or "applied") if cal is not None else "",
     )
 
@@ -624,7 +639,8 @@ def _max_len_that_fits(arch: ModelArch, lay: _Layout, sizing: list[tuple[str, in
     """Binary search, as `_estimate_max_model_len_from_groups` does."""
     def need(length: int) -> int:
         if engine == "V0":
-            return cdiv(length, lay.block_size) * lay.block_size * lay.attn_page_per_token * group_size
+            padded = cdiv(length, lay.block_size) * lay.block_size
+            return padded * lay.attn_page_per_token * group_size
         blocks = sum(_blocks_per_request(kind, arch, length, lay.block_size, tokens, dcp)
                      for kind, _ in sizing)
         return group_size * lay.page_bytes * blocks
