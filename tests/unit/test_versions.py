@@ -97,3 +97,17 @@ def test_operator_takes_the_version_from_the_image_tag(image, version, expected)
     spec = VllmSpec(image=image, version=version)
     assert spec.resolved_version() == expected
     assert profile(spec.resolved_version()).label == (expected or NEWEST_VERSION)
+
+
+def test_hybrid_token_line_follows_the_version():
+    """v0.19 prints blocks // groups x block size for hybrids (vllm #40691); from 0.24 the line is
+    int(concurrency x max_model_len). The pool and the concurrency do not change."""
+    arch = load_model("google/gemma-2-9b-it")
+    kv = ServeArgs(max_model_len=32768, kv_cache_memory_bytes=20 * GIB)
+    old = estimate(arch, H100, replace(kv, vllm_version="0.19.0"))
+    new = estimate(arch, H100, replace(kv, vllm_version="0.24.0"))
+    assert len(old.groups) > 1
+    assert old.num_blocks == new.num_blocks and old.max_concurrency == new.max_concurrency
+    assert old.kv_tokens == old.num_blocks // len(old.groups) * old.block_size
+    assert new.kv_tokens == int(new.max_concurrency * 32768)
+    assert new.kv_tokens != old.kv_tokens

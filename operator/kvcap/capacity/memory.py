@@ -597,6 +597,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     else:
         kv_tokens = num_blocks // max(n_groups, 1) * bs * dcp
         concurrency = num_blocks / blocks_per_req if blocks_per_req else 0.0
+        if n_groups > 1 and prof.hybrid_token_line_from_concurrency:
+            kv_tokens = int(concurrency * max_model_len)
 
     fits, reason, est_len = True, "", max_model_len
     if available <= 0 or num_blocks <= 0:

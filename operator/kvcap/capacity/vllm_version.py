@@ -34,6 +34,8 @@ class VllmProfile:
     profiler_era: str  # key into data/overheads.yaml
     # dummy sampler batch = min(max_num_seqs, max_num_batched_tokens) requests
     sampler_requests_capped_by_tokens: bool
+    # hybrid models' "GPU KV cache size" line = int(concurrency x max_model_len)
+    hybrid_token_line_from_concurrency: bool = False
 
     @property
     def label(self) -> str:
@@ -89,6 +91,12 @@ _RULES: dict[str, list[tuple[tuple[int, int, int], object]]] = {
     # V1 `_dummy_run` builds min(num_tokens, max_num_seqs) dummy requests, so the sampler batch is
     # capped by max_num_batched_tokens (gpu_model_runner.py `_dummy_run`: num_reqs = min(...)).
     "sampler_capped": [((0, 0, 0), False), ((0, 8, 0), True)],
+    # Hybrid models' token line: blocks // groups x min block size until vllm #40691 ("The KV cache
+    # size log is wrong for Qwen3.5", v0.19) was fixed by deriving it from the concurrency line,
+    # int(max_concurrency x max_model_len) (proposed in PRs #38364 / #40694; the code quoted in
+    # vllm #51041). The merged release is not pinned down here: 0.24.0 is the first version whose
+    # logs in the validation set show it (club-3090 Qwen3.6 entries), so the rule starts there.
+    "hybrid_token_line": [((0, 0, 0), False), ((0, 24, 0), True)],
     # Which coefficient set of data/overheads.yaml applies.
     "profiler_era": [((0, 0, 0), "v0"), ((0, 8, 0), "v1-sort"), ((0, 17, 0), "v1")],
 }
@@ -121,4 +129,5 @@ def profile(text: str | None = None) -> VllmProfile:
         sampler=str(_rule("sampler", v)),
         profiler_era=str(_rule("profiler_era", v)),
         sampler_requests_capped_by_tokens=bool(_rule("sampler_capped", v)),
+        hybrid_token_line_from_concurrency=bool(_rule("hybrid_token_line", v)),
     )
