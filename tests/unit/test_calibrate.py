@@ -213,3 +213,30 @@ def test_operator_planner_applies_the_configmap_calibrations():
                                      activation_delta_bytes=6 * 1024**3)])
     fn = calibrated_plan_fn(parse_calibrations(json.dumps(other)))
     assert fn is not None and fn(spec).pools[0].kv_bytes_per_gpu == pool.kv_bytes_per_gpu
+
+
+def test_pasted_command_line_gives_model_and_flags():
+    """vllm #27508: the reporter pasted the command above the log lines."""
+    case = next(c for c in CASES if c.id.startswith("gpt-oss-120b-h100-util0.95-mnbt1024"))
+    facts = parse_log(case.raw["log_excerpt"])
+    assert facts.model == "openai/gpt-oss-120b"
+    assert facts.flags == {"gpu_memory_utilization": 0.95, "max_num_batched_tokens": 1024}
+    assert facts.available_kv_gib == 1.71
+    assert case.gpu is not None
+    # at the 0.11 rules kvcap refuses it as vLLM did; the calibration then reproduces 1.71 GiB
+    result = compare(facts, case.arch, case.gpu, serve_args(facts, "0.11.0"))
+    assert not result.estimate.fits
+    calibrated = estimate(case.arch, case.gpu,
+                          replace(serve_args(facts, "0.11.0"), calibrations=(result.calibration,)))
+    assert calibrated.available_kv_bytes / GIB == pytest.approx(1.71, abs=0.005)
+
+
+@pytest.mark.parametrize(("line", "model", "flags"), [
+    ("$ vllm serve meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B", {}),
+    ("vllm serve Qwen/Qwen3-8B -tp 2 --max-model-len=32768 --enforce-eager --kv-cache-dtype fp8",
+     "Qwen/Qwen3-8B", {"tensor_parallel_size": 2, "max_model_len": 32768, "enforce_eager": True,
+                       "kv_cache_dtype": "fp8"}),
+])
+def test_command_line_forms(line, model, flags):
+    facts = parse_log(line + "\nINFO Available KV cache memory: 10.00 GiB\n")
+    assert facts.model == model and facts.flags == flags

@@ -6,6 +6,7 @@ benchmarks/data/vllm_launches.yaml has one of each):
   version   "vLLM API server version X" (v0.9+), "Initializing a V1 LLM engine (vX)",
             "Initializing an LLM engine (vX)" (V0)
   flags     "non-default args: {...}" (v0.9+), the engine's "with config: model='...', ..." line,
+            a pasted `vllm serve MODEL --flag value` command line,
             "Defaulting max_num_seqs to N" / "Defaulting max_num_batched_tokens to N" (DEBUG),
             "Chunked prefill is enabled with max_num_batched_tokens=N"
   memory    "Requested memory: U (util), X GiB" and "total_memory=XGiB" (v0.19 DEBUG),
@@ -142,6 +143,32 @@ def _engine_config(line: str) -> dict[str, str]:
     return {k: v.strip("'\"") for k, v in re.findall(r"(\w+)=('[^']*'|[^,\s]+)", body)}
 
 
+_CLI_FLAGS = {f"--{key.replace('_', '-')}": name for key, name in _FLAG_KEYS.items()} | {
+    "-tp": "tensor_parallel_size", "-pp": "pipeline_parallel_size", "-q": "quantization"}
+_BOOL_FLAGS = {"--enforce-eager", "--disable-hybrid-kv-cache-manager"}
+
+
+def _command_line(line: str) -> tuple[str | None, dict[str, Any]]:
+    """`vllm serve MODEL --flag value ...` as users paste it above their log."""
+    words = line.split("vllm serve", 1)[1].replace("\\", " ").split()
+    model = words[0] if words and not words[0].startswith("-") else None
+    flags: dict[str, Any] = {}
+    i = 1 if model else 0
+    while i < len(words):
+        word = words[i]
+        key, eq, value = word.partition("=")
+        name = _CLI_FLAGS.get(key)
+        if key in _BOOL_FLAGS and name:
+            flags[name] = True
+        elif name and eq:
+            flags[name] = _flag_value(name, value)
+        elif name and i + 1 < len(words):
+            flags[name] = _flag_value(name, words[i + 1])
+            i += 1
+        i += 1
+    return model, flags
+
+
 def parse_log(text: str) -> LogFacts:
     """Facts from a vLLM startup log (INFO or DEBUG). Raises InvalidArgument when the text holds
     none of the lines vLLM prints while sizing its KV cache."""
@@ -170,6 +197,11 @@ def parse_log(text: str) -> LogFacts:
                 if m:
                     gpu_name = m.group(1).strip()
                     break
+        if "vllm serve" in line and "non-default args" not in line:
+            cli_model, cli_flags = _command_line(line)
+            model = model or cli_model
+            for fname, value in cli_flags.items():
+                flags.setdefault(fname, value)
         if "non-default args" in line:
             args = _non_default_args(line)
             model = model or args.get("model") or args.get("model_tag")
