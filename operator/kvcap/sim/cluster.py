@@ -33,7 +33,8 @@ class PoolRun:
     gone: list[Replica] = field(default_factory=list)
     pending: deque[Req] = field(default_factory=deque)
     views: list[PodView] = field(default_factory=list)
-    history: dict[int, deque[tuple[float, int, int, int, int]]] = field(default_factory=dict)
+    history: dict[int, deque[tuple[float, int, int, int, int, int, int]]] = field(
+        default_factory=dict)
     scale_events: int = 0
     max_used_fraction: float = 0.0
 
@@ -149,18 +150,21 @@ def simulate(trace: Trace, pools: Sequence[PoolSetup], policy: Policy, cfg: Clus
                 is_ready = rep.ready_at <= t and not rep.draining
                 c = rep.counters
                 hist = pr.history.setdefault(id(rep), deque())
-                hist.append((t, c.preemptions, c.requests, c.prefix_queries, c.prefix_hits))
+                hist.append((t, c.preemptions, c.requests, c.prefix_queries, c.prefix_hits,
+                             c.prompt_tokens, c.generation_tokens))
                 while hist and hist[0][0] < t - cfg.rate_window_s - 1e-9:
                     hist.popleft()
-                t0, p0, q0, pq0, ph0 = hist[0]
+                t0, p0, q0, pq0, ph0, pt0, gt0 = hist[0]
                 dt = t - t0
                 if dt > 0:
                     pre = (c.preemptions - p0) / dt
                     rps = (c.requests - q0) / dt
                     dq = c.prefix_queries - pq0
                     hit = (c.prefix_hits - ph0) / dq if dq > 0 else float("nan")
+                    ptr = (c.prompt_tokens - pt0) / dt
+                    gtr = (c.generation_tokens - gt0) / dt
                 else:
-                    pre = rps = 0.0
+                    pre = rps = ptr = gtr = 0.0
                     hit = float("nan")
                 views.append(PodView(
                     name=f"{pr.setup.name}-{k}", ready=is_ready, kv_usage=rep.kv_usage,
@@ -168,7 +172,8 @@ def simulate(trace: Trace, pools: Sequence[PoolSetup], policy: Policy, cfg: Clus
                     waiting=float(len(rep.waiting)),
                     waiting_capacity=float(min(rep.capacity_waiting, len(rep.waiting))),
                     preemption_rate=pre, prefix_hit_rate=hit,
-                    request_rate=rps, sample_time=t))
+                    request_rate=rps, sample_time=t, prompt_token_rate=ptr,
+                    generation_token_rate=gtr))
                 if is_ready:
                     ready += 1
                     used += rep.used_blocks * rep.cfg.block_size

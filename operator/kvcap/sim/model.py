@@ -42,6 +42,8 @@ class PodView:
     prefix_hit_rate: float
     request_rate: float
     sample_time: float
+    prompt_token_rate: float = 0.0  # rate(vllm:prompt_tokens_total[1m])
+    generation_token_rate: float = 0.0  # rate(vllm:generation_tokens_total[1m])
 
 
 @dataclass(frozen=True, slots=True)

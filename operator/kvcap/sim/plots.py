@@ -22,7 +22,7 @@ def write_plots(results: Sequence[RunResult], directory: str, slo: Slo) -> list[
     n_pools = len(results[0].pools) if results else 0
     for pi in range(n_pools):
         name = results[0].pools[pi].setup.name
-        fig, axes = plt.subplots(4, len(results), figsize=(3.2 * len(results), 8.5),
+        fig, axes = plt.subplots(4, len(results), figsize=(2.6 * len(results), 7.0),
                                  sharex=True, squeeze=False)
         for col, res in enumerate(results):
             tl = res.timelines[pi]
@@ -50,7 +50,7 @@ def write_plots(results: Sequence[RunResult], directory: str, slo: Slo) -> list[
         axes[1][0].legend(fontsize=7)
         fig.tight_layout()
         path = out / f"simulate-{name}.png"
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=55)
         plt.close(fig)
         paths.append(str(path))
     return paths

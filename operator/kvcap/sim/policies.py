@@ -196,6 +196,10 @@ class Kvcap:
 
     def desired(self, pool: int, setup: PoolSetup, now: float, replicas: int,
                 pods: list[PodView]) -> int:
+        return self.decision(pool, setup, now, replicas, pods).desired_replicas
+
+    def decision(self, pool: int, setup: PoolSetup, now: float, replicas: int,
+                 pods: list[PodView]) -> kv.Decision:
         obs = kv.PoolObservation(now=now, replicas=replicas, pods=tuple(
             kv.PodSample(name=p.name, ready=p.ready, kv_usage=p.kv_usage,
                          kv_capacity_tokens=float(p.kv_capacity_tokens), running=p.running,
@@ -209,4 +213,4 @@ class Kvcap:
         self.state[pool] = decision.state.to_dict()
         if decision.action != "hold":
             self.messages.append((now, pool, decision.message))
-        return decision.desired_replicas
+        return decision

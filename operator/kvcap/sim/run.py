@@ -57,6 +57,9 @@ class SimOptions:
     keda_waiting_per_replica: float = 5.0  # KEDA threshold (AverageValue)
     kv_percent_target: float = 0.8  # llm-d / AIBrix samples
     hpa_rps_per_replica: float | None = None  # default: what one replica sustains at the target
+    # Start every policy with the replicas the opening minutes need (the clairvoyant's figure)
+    # instead of the plan's, so a cold start under full load does not dominate the comparison.
+    warm_start: bool = False
     min_replicas: int | None = None  # default: spec.autoscaling.minReplicas
     max_replicas: int | None = None  # default: spec.autoscaling.maxReplicas
 
@@ -183,6 +186,9 @@ def run(spec: ModelDeploymentSpec, trace: Trace, arch: ModelArch, opts: SimOptio
     plan = plan or plan_deployment(spec, arch=arch)
     setups = pool_setups(spec, plan, arch, trace, opts.startup_s)
     need = demand_need(trace, setups, spec.autoscaling.target_kv_utilization_percent / 100)
+    if opts.warm_start:
+        opening = Clairvoyant(need, NEED_BIN_S, Bounds(1, 1 << 30))
+        setups = [replace(s, planned_replicas=opening.initial(i, s)) for i, s in enumerate(setups)]
     results: list[RunResult] = []
     doc_policies: dict[str, Any] = {}
     for name in opts.policies:
@@ -198,7 +204,7 @@ def run(spec: ModelDeploymentSpec, trace: Trace, arch: ModelArch, opts: SimOptio
         "slo": opts.slo.to_dict(),
         "pools": [{
             "name": s.name, "gpu": s.gpu_product, "tensor_parallel_size": s.tensor_parallel_size,
-            "gpus_per_replica": s.gpus_per_replica, "planned_replicas": s.planned_replicas,
+            "gpus_per_replica": s.gpus_per_replica, "initial_replicas": s.planned_replicas,
             "kv_tokens_per_replica": s.kv_tokens_per_replica,
             "max_num_seqs": s.engine.max_num_seqs,
             "max_num_batched_tokens": s.engine.max_num_batched_tokens,
