@@ -169,16 +169,27 @@ def test_trend_looks_ahead_by_startup_time() -> None:
     for now, usage in ((900.0, 0.50), (960.0, 0.53), (1020.0, 0.56)):
         d = p.decide(s, obs(2, [pod(0, usage, t=now), pod(1, usage, t=now)], now=now), state)
         state = d.state
-    # 2 x 0.56 x 1M = 1.12M now, slope 1000 tokens/s x 600 s = 600k -> 1.72M > 1.5M
+    # 2 x 0.56 x 1M = 1.12M now, slope 1000 tokens/s x 600 s = 600k, capped at 50 % = 560k
+    # -> 1.68M > 1.5M
     assert d.action == "up" and d.desired_replicas == 3, d.message
     assert "trend look-ahead" in d.message
-    assert math.isclose(d.figures.demand_tokens, 1_720_000, rel_tol=1e-6)
+    assert math.isclose(d.figures.demand_tokens, 1_680_000, rel_tol=1e-6)
+
+
+def test_a_step_over_two_close_ticks_is_not_a_trend() -> None:
+    """Two ticks 15 s apart, 0.1 -> 0.5: no extrapolation over the start-up time."""
+    state = p.PoolState()
+    for now, usage in ((985.0, 0.1), (1000.0, 0.5)):
+        d = p.decide(spec(), obs(2, [pod(0, usage, t=now), pod(1, usage, t=now)], now=now), state)
+        state = d.state
+    assert d.figures.demand_tokens == pytest.approx(2 * 0.5 * CAP)
+    assert d.action == "hold"
 
 
 def test_trend_lookahead_is_bounded_by_demand() -> None:
-    state = p.PoolState(trend=((990.0, 0.0),))
+    state = p.PoolState(trend=((900.0, 0.0),))
     d = p.decide(spec(), obs(2, [pod(0, 0.1), pod(1, 0.1)]), state)
-    assert d.figures.demand_tokens <= 2 * 2 * 0.1 * CAP + 1
+    assert d.figures.demand_tokens == pytest.approx(1.5 * 2 * 0.1 * CAP)
 
 
 def test_prefix_cache_hits_discount_the_queue() -> None:

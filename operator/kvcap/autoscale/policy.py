@@ -32,7 +32,8 @@ The rule (docs/autoscaling.md explains it with examples):
 3. Demand = tokens in use
          + capacity-waiting requests x (mean prompt x (1 - prefix-cache hit rate) + mean output)
          + running requests x mean output / 2      (decode growth still to come, on average)
-         + the recent trend of demand x the replica start-up time (look-ahead, at most x2).
+         + the recent trend of demand x the replica start-up time (look-ahead: from at least
+           MIN_TREND_SPAN_SECONDS of history, at most LOOKAHEAD_CAP x demand).
    Capacity-waiting is `vllm:num_requests_waiting_by_reason{reason="capacity"}` where the server
    splits its queue, else `vllm:num_requests_waiting`.
 4. Needed replicas = ceil(demand / (target % x capacity per replica)), and, when the plan's
@@ -61,6 +62,8 @@ from kvcap.capacity.plan_types import PoolPlan
 
 NAN = float("nan")
 MAX_TREND_POINTS = 32  # demand points kept for the trend (the CRD allows 64)
+MIN_TREND_SPAN_SECONDS = 30.0  # history the trend needs before it looks ahead
+LOOKAHEAD_CAP = 0.5  # the look-ahead adds at most this share of current demand
 X, TO, GE, LE = "\u00d7", "\u2192", "\u2265", "\u2264"  # x, ->, >=, <= in messages
 
 Action = Literal["up", "down", "hold"]
@@ -473,8 +476,11 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
     trend = tuple((t, d) for t, d in state.trend if now - window <= t < now)
     if complete:
         trend = (*trend, (now, demand_now))[-MAX_TREND_POINTS:]
-    slope = trend_slope(trend)
-    lookahead = min(max(0.0, slope * spec.startup_seconds), demand_now)
+    # A trend needs some history: a step seen over two close ticks is the pressure rule's business
+    # (rule 5), and extrapolating it over a long start-up would overshoot.
+    span = trend[-1][0] - trend[0][0] if trend else 0.0
+    slope = trend_slope(trend) if span >= MIN_TREND_SPAN_SECONDS else 0.0
+    lookahead = min(max(0.0, slope * spec.startup_seconds), LOOKAHEAD_CAP * demand_now)
     demand = demand_now + lookahead
 
     per_target = target * per_replica
@@ -590,9 +596,11 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
 __all__ = [
     "CAPACITY_MATCHES_PLAN",
     "CAPACITY_NOT_REPORTED",
+    "LOOKAHEAD_CAP",
     "METRICS_CURRENT",
     "METRICS_MISSING",
     "METRICS_STALE",
+    "MIN_TREND_SPAN_SECONDS",
     "NO_READY_REPLICAS",
     "PLAN_MISMATCH",
     "PROMETHEUS_UNAVAILABLE",
