@@ -240,3 +240,21 @@ def test_pasted_command_line_gives_model_and_flags():
 def test_command_line_forms(line, model, flags):
     facts = parse_log(line + "\nINFO Available KV cache memory: 10.00 GiB\n")
     assert facts.model == model and facts.flags == flags
+
+
+def test_v011_info_summary_line():
+    """The INFO summary newer versions print (quoted from vllm PR #48601, Qwen3.6-27B-FP8 on H100)."""
+    text = (
+        "VLLM_USE_V2_MODEL_RUNNER=1 vllm serve Qwen/Qwen3.6-27B-FP8 --served-model-name qwen -tp 4\n"
+        "(Worker_TP2 pid=3264437) INFO 07-14 09:50:23 [gpu_worker.py:855] Free memory on device "
+        "(77.57/79.11 GiB) on startup. Desired GPU memory utilization is (0.92, 72.78 GiB). Actual "
+        "usage is 7.39 GiB for weight, 1.54 GiB for peak activation, 0.6 GiB for non-torch memory, "
+        "and 2.04 GiB for CUDAGraph memory. Replace gpu_memory_utilization config with "
+        "`--kv-cache-memory=65565989131` (61.06 GiB) to fit into requested memory, or "
+        "`--kv-cache-memory=70712017408` (65.86 GiB) to fully utilize gpu memory. Current kv cache "
+        "memory in use is 63.25 GiB.\n")
+    facts = parse_log(text)
+    assert (facts.model, facts.gpu_total_gib, facts.flags) == (
+        "Qwen/Qwen3.6-27B-FP8", 79.11, {"tensor_parallel_size": 4, "gpu_memory_utilization": 0.92})
+    assert (facts.weights_gib, facts.activation_gib, facts.non_torch_gib, facts.cudagraph_gib,
+            facts.available_kv_gib) == (7.39, 1.54, 0.6, 2.04, 63.25)

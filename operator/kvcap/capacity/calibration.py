@@ -10,6 +10,10 @@ benchmarks/data/vllm_launches.yaml has one of each):
             "Defaulting max_num_seqs to N" / "Defaulting max_num_batched_tokens to N" (DEBUG),
             "Chunked prefill is enabled with max_num_batched_tokens=N"
   memory    "Requested memory: U (util), X GiB" and "total_memory=XGiB" (v0.19 DEBUG),
+            "Free memory on device (F/T GiB) ... Desired GPU memory utilization is (U, X GiB).
+            Actual usage is W GiB for weight, A GiB for peak activation, N GiB for non-torch
+            memory, and G GiB for CUDAGraph memory ... Current kv cache memory in use is K GiB"
+            (v0.11+ INFO),
             "total_gpu_memory=XGiB" / "total_gpu_memory  XGiB" (V0)
   weights   "Model loading took X GiB", "model weights take XGiB", "weights memory: XGiB",
             "Loading model weights took X GB" (V0; GiB despite the unit)
@@ -86,6 +90,16 @@ _FIRST: list[tuple[str, str]] = [
     ("available_kv_gib", r"the rest of the memory reserved for KV Cache is " + _NUM + r" ?GiB"),
     ("available_kv_gib", r"kv_cache_size=" + _NUM + r" ?GiB"),
     ("available_kv_gib", r"available_kv_cache_memory\s+" + _NUM + r" ?GiB"),
+    # v0.11+ INFO summary (gpu_worker, with the --kv-cache-memory advice): "Free memory on device
+    # (F/T GiB) on startup. Desired GPU memory utilization is (U, X GiB). Actual usage is W GiB for
+    # weight, A GiB for peak activation, N GiB for non-torch memory, and G GiB for CUDAGraph
+    # memory. ... Current kv cache memory in use is K GiB." (quoted in vllm PR #48601)
+    ("weights_gib", r"Actual usage is " + _NUM + r" ?GiB for weight"),
+    ("activation_gib", _NUM + r" ?GiB for peak activation"),
+    ("non_torch_gib", _NUM + r" ?GiB for non-torch memory"),
+    ("cudagraph_gib", _NUM + r" ?GiB for CUDAGraph memory"),
+    ("available_kv_gib", r"Current kv cache memory in use is " + _NUM + r" ?GiB"),
+    ("gpu_total_gib", r"Free memory on device \(" + _NUM + r"/" + _NUM + r" ?GiB\)"),
     ("gpu_total_gib", r"total_memory=" + _NUM + r" ?GiB"),
     ("gpu_total_gib", r"total_gpu_memory[=\s]+" + _NUM + r" ?GiB"),
 ]
@@ -184,7 +198,7 @@ def parse_log(text: str) -> LogFacts:
             if key not in values and (not snapshot or key == "gpu_total_gib"):
                 m = re.search(pattern, line)
                 if m:
-                    values[key] = _num(m.group(1))
+                    values[key] = _num(m.group(m.lastindex or 1))  # "(free/total)": the total
         if version is None:
             for pattern in _VERSION:
                 m = re.search(pattern, line)
@@ -220,6 +234,9 @@ def parse_log(text: str) -> LogFacts:
         m = re.search(r"Chunked prefill is enabled with max_num_batched_tokens=([0-9]+)", line)
         if m and "max_num_batched_tokens" not in flags:
             flags["max_num_batched_tokens"] = int(m.group(1))
+        m = re.search(r"Desired GPU memory utilization is \(([0-9.]+),", line)
+        if m and "gpu_memory_utilization" not in flags:
+            flags["gpu_memory_utilization"] = float(m.group(1))
         m = re.search(r"Requested memory: ([0-9.]+) \(util\)", line)
         if m and "gpu_memory_utilization" not in flags:
             flags["gpu_memory_utilization"] = float(m.group(1))
