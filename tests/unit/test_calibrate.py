@@ -258,3 +258,17 @@ def test_v011_info_summary_line():
         "Qwen/Qwen3.6-27B-FP8", 79.11, {"tensor_parallel_size": 4, "gpu_memory_utilization": 0.92})
     assert (facts.weights_gib, facts.activation_gib, facts.non_torch_gib, facts.cudagraph_gib,
             facts.available_kv_gib) == (7.39, 1.54, 0.6, 2.04, 63.25)
+
+
+def test_cli_errors_say_what_to_pass(tmp_path):
+    missing = _kvcap("calibrate", "--log", str(tmp_path / "nope.log"))
+    assert missing.returncode == 2 and "cannot read log" in missing.stderr
+    log = tmp_path / "vllm.log"
+    log.write_text("vllm serve meta-llama/Llama-3.1-8B-Instruct\n"
+                   "INFO Available KV cache memory: 10.00 GiB\n")
+    no_gpu = _kvcap("calibrate", "--log", str(log), "--vllm-version", "0.19.0")
+    assert no_gpu.returncode == 2 and "must pass --gpu" in no_gpu.stderr
+    bad_file = tmp_path / "cal.yaml"
+    bad_file.write_text("calibrations: {}")
+    r = _kvcap("estimate", "meta-llama/Llama-3.1-8B-Instruct", "--calibration", str(bad_file))
+    assert r.returncode == 2 and "must be a mapping with a `calibrations` list" in r.stderr
