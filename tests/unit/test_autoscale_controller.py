@@ -214,3 +214,22 @@ def test_plan_mismatch_event_once() -> None:
     events = transition_events(status_with(2, None), status_with(2, None, mismatch))
     assert [e.reason for e in events] == [kc.EVENT_PLAN_MISMATCH]
     assert transition_events(status_with(2, None, mismatch), status_with(2, None, mismatch)) == []
+
+
+def test_tick_fetches_each_url_once_and_drops_objects_that_are_gone() -> None:
+    import asyncio
+
+    autoscaler = asc.Autoscaler(asc.parse_autoscale_settings({}))
+    fetched: list[str] = []
+
+    async def fake_snapshot(url: str, *, max_age: float | None = None) -> prom.Snapshot:
+        fetched.append(url)
+        return prom.Snapshot(time=NOW)
+
+    autoscaler.snapshot = fake_snapshot  # type: ignore[method-assign]
+    autoscaler.objects = {("a", "x"): "http://p1", ("a", "y"): "http://p1", ("b", "z"): "http://p2"}
+    queued: list[tuple[str, str]] = []
+    asyncio.run(autoscaler.tick(queued.append, known=lambda key: key != ("a", "y")))
+    assert fetched == ["http://p1", "http://p2"]
+    assert queued == [("a", "x"), ("b", "z")]
+    assert ("a", "y") not in autoscaler.objects

@@ -293,25 +293,30 @@ class Autoscaler:
             self.snapshots[url] = snap
             return snap
 
-    async def tick(self, enqueue: EnqueueFn) -> None:
-        """One global tick: fetch every URL in use once, then queue every autoscaled object."""
+    async def tick(self, enqueue: EnqueueFn, known: Callable[[Key], bool] | None = None) -> None:
+        """One global tick: fetch every URL in use once, then queue every autoscaled object.
+        `known(key)` False (the object is gone) drops it from the tick and from the metrics."""
         self.ticks += 1
+        if known is not None:
+            for key in [k for k in self.objects if not known(k)]:
+                self.forget(*key)
         for url in sorted(set(self.objects.values())):
             await self.snapshot(url, max_age=0.0)
         for key in sorted(self.objects):
             enqueue(key)
 
-    async def run(self, enqueue: EnqueueFn) -> None:
+    async def run(self, enqueue: EnqueueFn, known: Callable[[Key], bool] | None = None) -> None:
         """The tick loop, every `interval_seconds`, until cancelled."""
         while True:
             await asyncio.sleep(self.settings.interval_seconds)
             try:
-                await self.tick(enqueue)
+                await self.tick(enqueue, known)
             except Exception:  # never let the loop die
                 _log.exception("Autoscaling tick failed")
 
     def forget(self, namespace: str, name: str) -> None:
         self.objects.pop((namespace, name), None)
+        self.exporter.forget(namespace, name)
 
     async def _pods_and_workloads(
         self, namespace: str, name: str
@@ -333,7 +338,7 @@ class Autoscaler:
         meta = obj.get("metadata") or {}
         key = (meta["namespace"], meta["name"])
         if spec.autoscaling.policy == "Disabled":
-            self.objects.pop(key, None)
+            self.forget(*key)
             return None
         url, rejected = resolve_url(self.settings, spec)
         self.objects[key] = url

@@ -83,7 +83,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.autoscaler = autoscaler
     memo.ctx = ctx
     tasks = [asyncio.create_task(rc.work(ctx)) for _ in range(options.workers)]
-    tasks.append(asyncio.create_task(autoscaler.run(lambda key: ctx.queue.add(key, "resync"))))
+    tasks.append(
+        asyncio.create_task(
+            autoscaler.run(lambda key: ctx.queue.add(key, "resync"), lambda key: key in ctx.tracked)
+        )
+    )
     tasks.append(asyncio.create_task(rc.resync_forever(ctx)))
     tasks.append(asyncio.create_task(rc.report_stats(ctx)))
     if ctx.nodes is not None:
