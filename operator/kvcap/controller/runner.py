@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ import kopf
 from aiohttp import web
 
 from kvcap.clients.kube import Kube
+from kvcap.controller.autoscaler import AutoscaleSettingsError, parse_autoscale_settings
 from kvcap.controller.leader import LeaseElector
 from kvcap.controller.settings import Settings, SettingsError, load_settings
 
@@ -40,7 +42,8 @@ def run(*, namespaces: list[str] | None, liveness_endpoint: str | None, verbose:
     try:
         settings = load_settings()
         lease_namespace = election_namespace(settings) if settings.leader_election else None
-    except SettingsError as err:
+        parse_autoscale_settings(os.environ)  # the autoscaling variables, checked up front too
+    except (SettingsError, AutoscaleSettingsError) as err:
         print(f"kvcap run: {err}", file=sys.stderr)
         return 2
     watched = list(namespaces or settings.namespaces)
