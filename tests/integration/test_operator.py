@@ -25,6 +25,7 @@ from operator_helpers import (
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity import catalog
 from kvcap.capacity.planner import plan_deployment
+from kvcap.controller.podspec import serve_args
 from kvcap.controller.reconcile import cluster_gpus, gpu_inventory
 
 pytest_plugins = ["operator_fixtures"]
@@ -100,7 +101,8 @@ def test_create_runs_the_planned_pools_on_fake_gpu_nodes(kvcap_api: Api, op_name
     assert dep is not None
     c = container(dep)
     assert c["command"] == ["vllm", "serve"]
-    assert c["args"] == list(pool.vllm_args)
+    assert c["args"] == serve_args(pool.vllm_args)  # the planned flags, the model positional
+    assert c["args"][0] == spec["model"]["name"] and "--model" not in c["args"]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": str(pool.gpus_per_replica)}
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v1/models"
@@ -187,7 +189,7 @@ def test_spec_edit_rolls_out_new_args(kvcap_api: Api, op_namespace: str) -> None
     after = wait_for("the Deployment to roll out --max-model-len 16384", rolled, READY_TIMEOUT)
     report("spec edit -> rollout complete", time.monotonic() - t0)
     plan = expected_plan(api, api.md(ns, "edit")["spec"])  # type: ignore[index]
-    assert container(after)["args"] == list(plan.pools[0].vllm_args)
+    assert container(after)["args"] == serve_args(plan.pools[0].vllm_args)
     assert (
         after["metadata"]["annotations"]["kvcap.io/spec-hash"]
         != before["metadata"]["annotations"]["kvcap.io/spec-hash"]
