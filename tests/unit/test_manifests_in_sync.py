@@ -142,12 +142,14 @@ def deployment() -> dict[str, Any]:
 
 
 def test_chart_sets_only_settings_the_operator_reads() -> None:
-    settings_source = (REPO / "operator" / "kvcap" / "controller" / "settings.py").read_text()
+    controller = REPO / "operator" / "kvcap" / "controller"
+    # settings.py, and the autoscaling variables parsed by autoscaler.py
+    settings_source = (controller / "settings.py").read_text() + (controller / "autoscaler.py").read_text()
     (container,) = deployment()["spec"]["template"]["spec"]["containers"]
     names = [e["name"] for e in container["env"]]
     assert {"KVCAP_NAMESPACES", "KVCAP_PROMETHEUS_URL", "KVCAP_EXTRA_TOLERATIONS"} <= set(names)
     for name in names:
-        assert f'"{name}"' in settings_source, f"{name} is not read by operator/kvcap/controller/settings.py"
+        assert f'"{name}"' in settings_source, f"{name} is not read by controller/settings.py or autoscaler.py"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["KVCAP_EXTRA_TOLERATIONS"]) == []
 
