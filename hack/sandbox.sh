@@ -19,12 +19,16 @@
 #                          on 127.0.0.1:$SANDBOX_PROM_PORT (default 9091) and one vLLM metrics
 #                          emulator per kvcap pod (`kvcap emulate-vllm follow`), and point the operator
 #                          at them, so `spec.autoscaling` works; 'off' skips it
+#   SANDBOX_NODE_GRACE_SECONDS  seconds the fake nodes may miss heartbeats (a busy machine stalls kwok)
+#                          before the node lifecycle controller marks them and their pods NotReady
+#                          (default 180; pods become Ready again once the node is back)
 #   PYTHON                 interpreter with pyyaml (default .venv/bin/python, else python3)
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SANDBOX_DIR=${SANDBOX_DIR:-$REPO/.sandbox}
 SANDBOX_NODES=${SANDBOX_NODES:-H100:2,L4:1x4}
+SANDBOX_NODE_GRACE_SECONDS=${SANDBOX_NODE_GRACE_SECONDS:-180}
 KUBECONFIG_PATH=$SANDBOX_DIR/kubeconfig
 if [[ -z ${PYTHON:-} ]]; then
   if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
@@ -200,7 +204,7 @@ cmd_up() {
   local bin
   bin=$("$REPO/hack/build-k8s.sh")
   "${DEVCLUSTER[@]}" up --dir "$SANDBOX_DIR" --tier e2e --nodes "$SANDBOX_NODES" --bin-dir "$bin" \
-    --kubeconfig "$KUBECONFIG_PATH" >/dev/null
+    --kubeconfig "$KUBECONFIG_PATH" --node-grace-seconds "$SANDBOX_NODE_GRACE_SECONDS" >/dev/null
   post_up_hooks
   local rel=${KUBECONFIG_PATH#"$PWD"/}
   cat <<EOF
