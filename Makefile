@@ -17,7 +17,7 @@ help: ## Show this help
 $(BIN)/kvcap: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e . pytest pytest-asyncio pytest-timeout hypothesis kubernetes-validate ruff import-linter
+	$(BIN)/pip install -q -e . --group test --group lint  # pyproject.toml [dependency-groups] (pip >= 25.1)
 	@touch $@
 
 .PHONY: setup
