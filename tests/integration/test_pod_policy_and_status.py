@@ -236,3 +236,21 @@ def test_a_rollout_progresses_on_a_fully_used_gpu_pool(kvcap_api: Api, op_namesp
     env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "ROLL", "value": "1"} in env
     assert is_current(md, "Ready", "True")
+
+
+@pytest.mark.timeout(300)
+def test_a_gpu_quota_shows_as_failed_create(kvcap_api: Api, op_namespace: str) -> None:
+    """A ResourceQuota allows one GPU; the plan needs two: the ReplicaSet cannot create the second
+    pod, and the ModelDeployment says so with the quota's own words."""
+    api, ns = kvcap_api, op_namespace
+    api.create(f"/api/v1/namespaces/{ns}/resourcequotas", {
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus"},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "1"}}})
+    wait_for("the quota to be counted", lambda: (api.get(
+        f"/api/v1/namespaces/{ns}/resourcequotas/gpus") or {}).get("status", {}).get("hard"), 30)
+    api.create_md(ns, "quota", small_spec())
+    md = md_when(api, ns, "quota", kc.STALLED, "True", kc.FAILED_CREATE)
+    ready = condition(md, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", kc.FAILED_CREATE)
+    assert "exceeded quota: gpus" in ready["message"]
+    assert ready["message"].startswith("1 of 2 replicas ready; pool 'default'")
