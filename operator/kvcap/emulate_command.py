@@ -9,6 +9,11 @@
       planned (x --capacity-factor) and the levels set for its pool in --levels-file.
   kvcap emulate-vllm set --levels-file levels.json --pool NS/NAME/POOL --kv-usage 0.95 ...
       change a pool's levels (what `make sandbox` prints to push a pool into pressure).
+  kvcap emulate-vllm serve -f model.yaml --trace TRACE --start 600 --duration 300 --count 2
+      a trace slice instead of scripted levels: the slice is replayed through the simulator's
+      vLLM replica model (`kvcap.sim.engine`, the planned pool's KV blocks, batch limits and
+      step times) and each server reports its replica's KV usage, queue, preemptions, tokens and
+      prefix hits second by second (`trace_scenarios`).
 
 The emulator itself is `kvcap.autoscale.emulator` (standard library only).
 """
@@ -122,6 +127,99 @@ class PodFollower:
             stop.wait(interval)
 
 
+def trace_scenarios(
+    doc: Mapping[str, Any],
+    trace_path: str,
+    *,
+    start: float = 0.0,
+    duration: float = 300.0,
+    replicas: int = 1,
+    pool: str = "default",
+    step: float = 1.0,
+) -> tuple[list[Scenario], int]:
+    """Per-replica scenarios (and the KV tokens per replica) from a slice of a request trace.
+
+    The slice [start, start + duration) of the trace is routed to `pool` of the manifest's plan
+    and spread over `replicas` simulated vLLM replicas (least loaded first, as the simulator's
+    router); every `step` seconds each replica's gauges and counter rates become one step."""
+    from kvcap.api.models import parse_manifest
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.planner import plan_deployment
+    from kvcap.sim.cluster import route
+    from kvcap.sim.engine import Replica, Req
+    from kvcap.sim.run import pool_setups
+    from kvcap.sim.trace import read_trace
+
+    spec = parse_manifest(dict(doc)).spec
+    plan = plan_deployment(spec)
+    trace = read_trace(trace_path)
+    window = [r for r in trace.requests if start <= r.arrival < start + duration]
+    trace = replace(trace, requests=tuple(window), span=None)
+    setups = pool_setups(spec, plan, load_model(spec.model.name), trace, 0.0)
+    index = next((i for i, p in enumerate(setups) if p.name == pool), -1)
+    if index < 0:
+        raise ValueError(f"the plan has no pool '{pool}' (pools: {[p.name for p in setups]})")
+    setup = setups[index]
+    reps = [
+        Replica(cfg=setup.engine, model=setup.model, created=0.0, ready_at=0.0)
+        for _ in range(max(1, replicas))
+    ]
+    arrivals = [
+        Req(
+            id=i,
+            arrival=r.arrival - start,
+            prompt=max(1, r.prompt),
+            output=max(1, r.output),
+            hashes=r.hashes,
+        )
+        for i, r in enumerate(window)
+        if route(setups, max(1, r.prompt) + max(1, r.output)) == index
+    ]
+    steps: list[list[tuple[float, Levels]]] = [[] for _ in reps]
+    last = [(0, 0, 0, 0, 0, 0) for _ in reps]
+    done: list[Req] = []
+    nxt = 0
+    t = 0.0
+    while t <= duration:
+        while nxt < len(arrivals) and arrivals[nxt].arrival <= t:
+            target = min(reps, key=lambda r: (len(r.running) + len(r.waiting), r.used_blocks))
+            target.add(arrivals[nxt])
+            nxt += 1
+        for i, rep in enumerate(reps):
+            rep.advance(t, done)
+            c = rep.counters
+            now = (
+                c.preemptions,
+                c.prompt_tokens,
+                c.generation_tokens,
+                c.prefix_queries,
+                c.prefix_hits,
+                c.finished,
+            )
+            d = [b - a for a, b in zip(last[i], now, strict=True)]
+            last[i] = now
+            waiting = len(rep.waiting)
+            steps[i].append(
+                (
+                    t,
+                    Levels(
+                        kv_usage=min(1.0, rep.kv_usage),
+                        running=float(len(rep.running)),
+                        waiting_capacity=float(min(waiting, rep.capacity_waiting)),
+                        waiting_deferred=float(max(0, waiting - rep.capacity_waiting)),
+                        preemptions_per_second=d[0] / step,
+                        prompt_tokens_per_second=d[1] / step,
+                        generation_tokens_per_second=d[2] / step,
+                        prefix_hit_rate=(d[4] / d[3]) if d[3] else 0.0,
+                        requests_per_second=d[5] / step,
+                    ),
+                )
+            )
+        t += step
+    tokens = setup.engine.total_blocks * setup.engine.block_size
+    return [Scenario(steps=tuple(st)) for st in steps], tokens
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--naming",
@@ -163,6 +261,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--count", type=int, default=1)
     serve.add_argument("--port", type=int, default=0, help="first port (0: any free ports)")
     serve.add_argument("--scenario", help="YAML/JSON {loop: bool, steps: [{at: s, kvUsage: ...}]}")
+    serve.add_argument("--trace", help="replay a slice of this request trace (needs -f)")
+    serve.add_argument("-f", "--filename", help="the ModelDeployment whose planned pool replays it")
+    serve.add_argument("--pool", default="default", help="which planned pool (with --trace)")
+    serve.add_argument("--start", type=float, default=0.0, help="slice start, seconds")
+    serve.add_argument("--duration", type=float, default=300.0, help="slice length, seconds")
     serve.add_argument("--namespace", default="default", help="namespace label of the targets")
     serve.add_argument("--pod-prefix", default="vllm", help="pod labels: <prefix>-0, -1, ...")
     serve.add_argument("--targets-file", help="write a Prometheus file_sd target file here")
@@ -214,11 +317,29 @@ def run(ns: argparse.Namespace) -> int:
         print(f"{ns.pool}: {json.dumps(merged.to_dict())}")
         return 0
     if ns.emulate_command == "serve":
-        scenario = None
-        if ns.scenario:
-            scenario = Scenario.from_dict(yaml.safe_load(Path(ns.scenario).read_text()) or {})
+        scenarios: list[Scenario | None] = [None] * ns.count
+        config = _server_config(ns)
+        if ns.trace:
+            if not ns.filename:
+                raise SystemExit("kvcap emulate-vllm serve: --trace needs -f MODELDEPLOYMENT.yaml")
+            doc = yaml.safe_load(Path(ns.filename).read_text())
+            replayed, tokens = trace_scenarios(
+                doc,
+                ns.trace,
+                start=ns.start,
+                duration=ns.duration,
+                replicas=ns.count,
+                pool=ns.pool,
+            )
+            scenarios = list(replayed)
+            config = _server_config(
+                ns, kv_cache_size_tokens=tokens, num_gpu_blocks=max(1, tokens // ns.block_size)
+            )
+        elif ns.scenario:
+            one = Scenario.from_dict(yaml.safe_load(Path(ns.scenario).read_text()) or {})
+            scenarios = [one] * ns.count
         servers = [
-            EmulatedServer(_server_config(ns), scenario, port=(ns.port + i if ns.port else 0))
+            EmulatedServer(config, scenarios[i], port=(ns.port + i if ns.port else 0))
             for i in range(ns.count)
         ]
         targets = {(ns.namespace, f"{ns.pod_prefix}-{i}"): s.port for i, s in enumerate(servers)}
@@ -298,4 +419,4 @@ def _follow(ns: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PodFollower", "add_arguments", "read_levels", "run", "write_targets"]
+__all__ = ["PodFollower", "add_arguments", "read_levels", "run", "trace_scenarios", "write_targets"]

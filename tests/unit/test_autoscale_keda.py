@@ -88,3 +88,21 @@ def test_levels_and_targets_files(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "t.json").read_text()) == [
         {"targets": ["127.0.0.1:1234"], "labels": {"namespace": "ns", "pod": "p"}}
     ]
+
+
+def test_trace_slice_drives_the_emulator() -> None:
+    from kvcap.emulate_command import trace_scenarios
+
+    doc = yaml.safe_load((REPO / "examples" / "llama-3.1-8b.yaml").read_text())
+    trace = "/work/shared/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+    trace_path = Path(trace)
+    if not trace_path.exists():  # the CI clone has ../shared beside it
+        trace_path = REPO.parent / "shared" / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+    scenarios, tokens = trace_scenarios(doc, str(trace_path), start=600, duration=60, replicas=2)
+    assert len(scenarios) == 2 and tokens > 100_000
+    for sc in scenarios:
+        assert len(sc.steps) == 61
+        levels = [lv for _, lv in sc.steps]
+        assert all(0 <= lv.kv_usage <= 1 and lv.running >= 0 and lv.preemptions_per_second >= 0 for lv in levels)
+        assert max(lv.running for lv in levels) > 0  # the slice has traffic
+        assert sum(lv.prompt_tokens_per_second for lv in levels) > 0
