@@ -181,3 +181,23 @@ def test_queries_aggregate_by_namespace_and_pod_and_read_every_spelling() -> Non
     for name in ("vllm_kv_cache_usage_perc", "vllm_gpu_cache_usage_perc"):
         assert name in usage
     assert 'reason="capacity"' in queries["waiting_capacity"]
+
+
+def test_connect_sends_the_token_and_trusts_the_ca(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    client = shell.connect(shell.ClientConfig(url="https://prom.monitoring.svc:9090/", token="s3cret", ca_file=str(ca)))
+    assert client.url == "https://prom.monitoring.svc:9090"
+    assert client.headers == {"Authorization": "Bearer s3cret"}
+    assert client._session.verify == str(ca)
+    plain = shell.connect(shell.ClientConfig(url="http://127.0.0.1:9090"))
+    assert plain.headers is None
+
+
+def test_autoscaler_reads_the_token_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kvcap.controller import autoscaler as asc
+
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    a = asc.Autoscaler(asc.parse_autoscale_settings({"KVCAP_PROMETHEUS_TOKEN_FILE": str(token)}))
+    assert a._client("http://127.0.0.1:9").headers == {"Authorization": "Bearer abc"}
