@@ -246,3 +246,43 @@ def test_derived_catalog_entries_reuse_their_base_shapes():
         (base.layer_kinds, base.num_kv_heads, base.head_dim)
     assert "Llama-3.1-70B-Instruct" in catalog.get_model("meta-llama/Llama-3.3-70B-Instruct").source
     assert load_model("Qwen/Qwen3-30B-A3B-Instruct-2507").max_position_embeddings == 262144
+
+
+# Logged "Model loading took" per GPU (benchmarks/data/vllm_launches.yaml, openshift-psap records):
+# DeepSeek-R1-0528 fp8 on H200 TP 8, v0.11-v0.20: 79.69-79.70 GiB; DeepSeek-V3.2 fp8 on H200 TP 8,
+# v0.18: 80.71 GiB. Splitting every weight by TP missed them by 1.4 and 2.4 GiB.
+@pytest.mark.parametrize(("model", "logged_gib", "plain_split_gib"), [
+    ("deepseek-ai/DeepSeek-R1-0528", 79.70, 78.29),
+    ("deepseek-ai/DeepSeek-V3.2", 80.71, 78.28),
+])
+def test_replicated_weights_follow_vllm(model, logged_gib, plain_split_gib):
+    from dataclasses import replace
+
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.memory import weight_bytes_per_gpu
+
+    arch = load_model(model)
+    assert arch.replicated_parameters > 0 and arch.replicated_dtype_parameters > 0
+    assert arch.mla_absorbed_parameters > 0
+    got = weight_bytes_per_gpu(arch, 8, 1, None) / GIB
+    plain = weight_bytes_per_gpu(replace(arch, replicated_parameters=0,
+                                         replicated_dtype_parameters=0,
+                                         mla_absorbed_parameters=0), 8, 1, None) / GIB
+    assert plain == pytest.approx(plain_split_gib, abs=0.15)
+    assert abs(got - logged_gib) < 0.45 < abs(plain - logged_gib)
+    # TP 1 holds everything once: replication changes nothing but the dtype of what stays 16-bit
+    assert weight_bytes_per_gpu(arch, 1, 1, None) >= weight_bytes_per_gpu(arch, 8, 1, None) * 7.5
+
+
+def test_router_is_replicated_in_model_dtype_and_bf16_mla_has_no_second_copy():
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.memory import weight_bytes_per_gpu
+
+    mixtral = load_model("mistralai/Mixtral-8x7B-Instruct-v0.1")
+    assert mixtral.replicated_dtype_parameters == 32 * 4096 * 8  # layers x hidden x experts
+    assert mixtral.replicated_parameters == 0 and mixtral.mla_absorbed_parameters == 0
+    lite = load_model("deepseek-ai/DeepSeek-V2-Lite-Chat")  # bf16: W_UK/W_UV are views
+    with_absorb = weight_bytes_per_gpu(lite, 2, 1, None)
+    from dataclasses import replace
+    assert with_absorb == weight_bytes_per_gpu(replace(lite, mla_absorbed_parameters=0), 2, 1, None)
+    assert with_absorb > weight_bytes_per_gpu(lite, 1, 1, "fp8") / 2  # fp8 adds the bf16 copy

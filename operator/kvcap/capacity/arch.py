@@ -78,6 +78,14 @@ class ModelArch:
     # Layers whose KV is shared with an earlier layer (Gemma 3n `num_kv_shared_layers`): vLLM gives
     # them `kv_sharing_target_layer_name` and no KV cache of their own; not in `layer_kinds`.
     kv_shared_layers: int = 0
+    # Weights vLLM does not split by TP (see `replicated_weights`): counted in num_parameters,
+    # held whole by every TP rank. `replicated_parameters` take the checkpoint's quantization,
+    # `replicated_dtype_parameters` stay in the model dtype (routers, DSA indexer keys).
+    replicated_parameters: int = 0
+    replicated_dtype_parameters: int = 0
+    # MLA's absorbed up-projections: kv_b_proj dequantized to the model dtype (W_UK, W_UV), kept
+    # beside the quantized kv_b_proj on quantized checkpoints; split by TP like the heads.
+    mla_absorbed_parameters: int = 0
 
     @property
     def num_attention_layers(self) -> int:
@@ -252,6 +260,53 @@ def _indexer_bytes(cfg: dict[str, Any]) -> int:
     if not cfg.get("index_topk") or not dim:
         return 0
     return int(dim) + int(dim) // 128 * 4
+
+
+def replicated_weights(cfg: dict[str, Any], n_layers: int,
+                       n_experts: int) -> tuple[int, int, int, int]:
+    """(replicated quantized, replicated model-dtype, MLA absorbed, DSA indexer) parameters, from
+    the shapes.
+
+    vLLM holds these whole on every TP rank instead of splitting them (source: vllm
+    `model_executor/models/deepseek_v2.py`, `mixtral.py`, `qwen3_moe.py` at any 2025-26 commit):
+    - the MoE router (`ReplicatedLinear(..., quant_config=None)` / `GateLinear`): model dtype;
+    - MLA's down-projections `q_a_proj` and `kv_a_proj_with_mqa` (`ReplicatedLinear`, or the fused
+      `MergedColumnParallelLinear(..., disable_tp=True)`): quantized like the checkpoint;
+    - DeepSeek sparse attention's indexer ("no tensor parallel, just replicated", PR #25896,
+      v0.11.0): `wq_b` quantized, the fused `wk_weights_proj` in the model dtype
+      (`quant_config=None`). The indexer is not in the model cards' 671B, so it is added.
+    MLA backends also materialize `kv_b_proj` in the activation dtype for the absorbed decode path
+    (`MLACommonImpl.process_weights_after_loading`: `get_and_maybe_dequant_weights` then W_UK /
+    W_UV views): a second copy when the weights are quantized, a view when they are not (the
+    caller decides: `memory.weight_bytes_per_gpu`). Checked on
+    the validation set's DeepSeek-R1/V3.2 launches (H200/B200 TP 8: 1.2 GiB of the 1.4 GiB per GPU
+    the plain split missed)."""
+    hidden = int(cfg["hidden_size"])
+    first_dense = int(_get(cfg, "first_k_dense_replace", default=0) or 0)
+    mlp_only = set(cfg.get("mlp_only_layers") or ())
+    step = int(_get(cfg, "decoder_sparse_step", "moe_layer_freq", default=1) or 1)
+    pattern = cfg.get("hybrid_override_pattern")
+    if not n_experts:
+        moe_layers = 0
+    elif isinstance(pattern, str) and pattern:
+        moe_layers = pattern.count("E")
+    else:
+        moe_layers = sum(1 for i in range(n_layers) if i >= first_dense and i not in mlp_only
+                         and ((i + 1) % step == 0 if step > 1 else True))
+    rep_dtype = moe_layers * hidden * n_experts
+    rep_q = absorbed = indexer = 0
+    if cfg.get("kv_lora_rank"):
+        kv_lora, rope = int(cfg["kv_lora_rank"]), int(cfg.get("qk_rope_head_dim", 64))
+        q_lora = int(cfg.get("q_lora_rank") or 0)
+        rep_q = n_layers * hidden * (q_lora + kv_lora + rope)
+        absorbed = n_layers * kv_lora * int(cfg["num_attention_heads"]) * (
+            int(cfg["qk_nope_head_dim"]) + int(cfg["v_head_dim"]))
+        if cfg.get("index_topk") and cfg.get("index_head_dim") and q_lora:
+            dim, n_head = int(cfg["index_head_dim"]), int(cfg.get("index_n_heads", 64))
+            rep_q += n_layers * q_lora * dim * n_head
+            rep_dtype += n_layers * hidden * (dim + n_head)
+            indexer = n_layers * (q_lora * dim * n_head + hidden * (dim + n_head))
+    return rep_q, rep_dtype, absorbed, indexer
 
 
 def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
@@ -489,6 +544,8 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
         vision = int(vision * scale)
         total = num_parameters
     quant_method, quant_bits = _quant(config)
+    rep_q, rep_dtype, absorbed, indexer = replicated_weights(cfg, n_layers, n_experts)
+    total += indexer  # neither the shapes above nor the model cards' counts include it
     return ModelArch(
         name=name,
         model_type=str(cfg.get("model_type") or config.get("model_type") or ""),
@@ -524,4 +581,7 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
                                        "intermediate_size", default=0) or 0) if is_moe else 0,
         indexer_bytes_per_token=_indexer_bytes(cfg) if mla_latent else 0,
         kv_shared_layers=_kv_shared_layers(cfg, n_layers, where),
+        replicated_parameters=rep_q,
+        replicated_dtype_parameters=rep_dtype,
+        mla_absorbed_parameters=absorbed,
     )

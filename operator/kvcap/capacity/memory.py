@@ -368,8 +368,12 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
         bits = _QUANT_FLAG_BITS[method]
     wb = arch.dtype_bytes
     embed = arch.embedding_parameters * wb
-    body_params = arch.num_parameters - arch.embedding_parameters
-    if method is None or bits is None or bits >= 16:
+    # Routers, MLA down-projections and the DSA indexer are whole on every TP rank
+    # (`arch.replicated_weights` cites vLLM); everything else is split by TP x PP.
+    rep_q, rep_d = arch.replicated_parameters, arch.replicated_dtype_parameters
+    body_params = max(0, arch.num_parameters - arch.embedding_parameters - rep_q - rep_d)
+    quantized = not (method is None or bits is None or bits >= 16)
+    if not quantized:
         body: float = body_params * wb
     elif method == "mxfp4" and arch.expert_parameters:
         pad = MXFP4_EXPERT_FACTOR
@@ -377,8 +381,12 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     else:
         vision = arch.vision_parameters
         body = (body_params - vision) * bits / 8 + vision * wb
+    q_bytes = bits / 8 if quantized and bits is not None and method != "mxfp4" else wb
+    replicated = rep_q * q_bytes + rep_d * wb
+    # MLA backends dequantize kv_b_proj into W_UK/W_UV (model dtype) beside the quantized weight.
+    absorbed = arch.mla_absorbed_parameters * wb if quantized else 0
     embed_on_stage = embed if pp == 1 else embed / 2
-    return int(body / (tp * pp) + embed_on_stage / tp)
+    return int((body + absorbed) / (tp * pp) + replicated / pp + embed_on_stage / tp)
 
 
 @dataclass(frozen=True, slots=True)
