@@ -245,6 +245,7 @@ class FakeKube:
 
     async def get(self, api_version: str, plural: str, namespace: str | None, name: str
                   ) -> dict[str, Any] | None:
+        self.calls.append(f"get {plural} {name}")
         found = self.objects.get((plural, namespace, name))
         return copy.deepcopy(found) if found else None
 
@@ -688,3 +689,30 @@ def test_new_settings() -> None:
                 {"KVCAP_LEADER_ELECTION_LEASE_SECONDS": "1"}):
         with pytest.raises(SettingsError):
             parse_settings(bad)
+
+
+async def test_the_watched_body_saves_the_read_and_a_stale_one_is_caught() -> None:
+    from kvcap.controller.reconcile import reconcile_key, track
+
+    kube, planner = FakeKube(), Recorder()
+    ctx = OperatorContext(kube=kube, settings=Settings(), plan_fn=planner)  # type: ignore[arg-type]
+    kube.store(body_for(SPEC))
+    stored = kube.objects[("modeldeployments", "team-a", "llama")]
+    track(ctx, None, copy.deepcopy(stored))  # the watch delivered it
+    assert list(ctx.queue._pending) == [("team-a", "llama")]
+    await reconcile_key(ctx, "team-a", "llama", trigger="change", logger=_logger())
+    assert "get modeldeployments llama" not in kube.calls  # read from the watch, not the API
+    assert stored["status"]["observedGeneration"] == 1
+    # the user edits the spec; the watch has not delivered it yet: the cached body is stale
+    stored["spec"] = spec_with(16384)
+    stored["metadata"]["generation"] = 2
+    kube.bump(stored)
+    await reconcile_key(ctx, "team-a", "llama", trigger="resync", logger=_logger())
+    # nothing changed by the stale view, or the write was refused and the object read again:
+    # either way nothing older than generation 2 is stored, and a change event reconciles it
+    assert stored["status"]["observedGeneration"] in (1, 2)
+    track(ctx, "MODIFIED", copy.deepcopy(stored))
+    await reconcile_key(ctx, "team-a", "llama", trigger="change", logger=_logger())
+    assert stored["status"]["observedGeneration"] == 2 and max_model_len(kube) == "16384"
+    track(ctx, "DELETED", stored)  # forgotten: no lock, no state left behind
+    assert ("team-a", "llama") not in ctx.tracked and ("team-a", "llama") not in ctx.locks

@@ -124,7 +124,6 @@ def _watch_event(line: bytes) -> dict[str, Any]:
     return event
 
 
-
 def _utf8(data: bytes, kind: str, name: str, key: str) -> str:
     """`data` as text; a ValueError that names the key but never quotes the bytes (a Secret's value
     must not reach status, events or logs, not even the one byte a UnicodeDecodeError shows)."""
@@ -132,6 +131,7 @@ def _utf8(data: bytes, kind: str, name: str, key: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{kind} '{name}' key '{key}' is not UTF-8 text") from None
+
 
 class Kube:
     """One aiohttp session against one API server."""
@@ -247,12 +247,15 @@ class Kube:
         labels: Mapping[str, str] | str | None = None,
         *,
         page: int = 500,
+        fields: str | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """Every item, fetched in pages of `page` (continue tokens), and the list's
         resourceVersion (to watch from)."""
         params: dict[str, str] = {"limit": str(page)}
         if labels:
             params["labelSelector"] = labels if isinstance(labels, str) else label_selector(labels)
+        if fields:
+            params["fieldSelector"] = fields
         items: list[dict[str, Any]] = []
         while True:
             result = await self._request(

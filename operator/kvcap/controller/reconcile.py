@@ -124,6 +124,14 @@ class Tracked:
 
     uid: str
     signature: tuple[Any, ...]
+    body: Mapping[str, Any] | None = None  # the newest version seen (watch events, own writes)
+
+    def remember(self, body: Mapping[str, Any]) -> None:
+        """Keep `body` unless it is of an older generation than the one kept."""
+        kept = (self.body or {}).get("metadata") or {}
+        new = body.get("metadata") or {}
+        if int(new.get("generation") or 0) >= int(kept.get("generation") or 0):
+            self.body = body
 
 
 @dataclass
@@ -492,11 +500,18 @@ async def sync_children(
     conflicts = list(diff.conflicts)
     to_apply = list(diff.apply)
     versions = {kind_name(o): o.get("metadata", {}).get("resourceVersion") for o in listed}
-    for obj in diff.lookup:
-        plural = plural_for(obj["apiVersion"], obj["kind"])
-        existing = await kube.get(
-            obj["apiVersion"], plural, owner.namespace, obj["metadata"]["name"]
+    found = await asyncio.gather(  # concurrently: a new object looks up all of its children
+        *(
+            kube.get(
+                obj["apiVersion"],
+                plural_for(obj["apiVersion"], obj["kind"]),
+                owner.namespace,
+                obj["metadata"]["name"],
+            )
+            for obj in diff.lookup
         )
+    )
+    for obj, existing in zip(diff.lookup, found, strict=True):
         if existing is None or is_controlled_by(existing, owner.uid):
             to_apply.append(obj)
             if existing is not None:
@@ -667,13 +682,23 @@ async def reconcile_key(
     times, concurrently: the object is read, decided on and its status written under its lock,
     from a fresh read, so an older generation is never applied or reported after a newer one."""
     async with ctx.lock((namespace, name)):
-        for _ in range(STATUS_ATTEMPTS):
-            try:
-                raw = await ctx.kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
-            except ApiError as err:
-                if err.transient:
-                    raise _transient(err, ctx.settings, f"read {namespace}/{name}") from err
-                raise
+        for attempt in range(STATUS_ATTEMPTS):
+            tracked = ctx.tracked.get((namespace, name))
+            raw: dict[str, Any] | None
+            if attempt == 0 and tracked is not None and tracked.body is not None:
+                # The newest version the watch (or our own write) delivered: no request. If it
+                # is stale, the status write's resourceVersion precondition fails and the next
+                # attempt reads the object from the API server.
+                raw = dict(tracked.body)
+            else:
+                try:
+                    raw = await ctx.kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
+                except ApiError as err:
+                    if err.transient:
+                        raise _transient(err, ctx.settings, f"read {namespace}/{name}") from err
+                    raise
+                if raw is not None and tracked is not None:
+                    tracked.remember(raw)
             if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
                 return
             if uid is not None and raw["metadata"].get("uid") != uid:
@@ -711,7 +736,10 @@ async def _reconcile(
         outcome = await act(ctx, obs, decision, logger)
         result = assess(obs, decision, outcome, trigger, policy)
         if result.changed:
-            await write_status(ctx, obj, result.status)
+            written = await write_status(ctx, obj, result.status)
+            tracked = ctx.tracked.get((namespace, name))
+            if tracked is not None and written.get("metadata"):
+                tracked.remember(written)
     except ApiError as err:
         # kstatus: a status for this generation as early as the first visit, even when this
         # reconcile cannot finish (every condition Unknown/Reconciling)
@@ -769,9 +797,10 @@ def track(ctx: OperatorContext, event_type: str | None, body: Mapping[str, Any])
     sig = signature(body)
     known = ctx.tracked.get(key)
     if known is None or known.signature != sig:
-        ctx.tracked[key] = Tracked(str(meta.get("uid")), sig)
+        known = ctx.tracked[key] = Tracked(str(meta.get("uid")), sig)
         ctx.by_label[(key[0], owner_label(key[1]))] = key
         ctx.queue.add(key, "change")
+    known.remember(dict(body))
 
 
 def child_changed(ctx: OperatorContext, event_type: str | None, body: Mapping[str, Any]) -> None:

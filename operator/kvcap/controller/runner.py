@@ -4,7 +4,8 @@ With KVCAP_LEADER_ELECTION=Enabled (the Helm chart's default, two replicas), the
 waits for the coordination.k8s.io Lease (`leader.LeaseElector`), answering its liveness endpoint
 meanwhile; only the leader starts kopf. A leader that cannot renew the Lease stops kopf and exits
 with code 1 (the kubelet restarts it as a standby); on SIGTERM it releases the Lease so a standby
-takes over at once.
+takes over at once. An operator started before its CRD waits for it (answering liveness too),
+and restarts its watches in-process when the CRD is served again after having been gone.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import signal
 import socket
 import sys
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import kopf
 from aiohttp import web
 
-from kvcap.clients.kube import Kube
+from kvcap import GROUP, PLURAL, VERSION
+from kvcap.clients.kube import ApiError, Kube
 from kvcap.controller.autoscaler import AutoscaleSettingsError, parse_autoscale_settings
 from kvcap.controller.leader import LeaseElector
 from kvcap.controller.settings import Settings, SettingsError, load_settings
@@ -77,47 +81,127 @@ def election_namespace(settings: Settings) -> str:
 async def _main(
     settings: Settings, *, watched: list[str], endpoint: str | None, lease_namespace: str | None
 ) -> int:
+    kube = Kube.from_environment(discovery_ttl=0.0, timeout=max(2.0, settings.lease_seconds / 3))
     elector: LeaseElector | None = None
-    kube: Kube | None = None
-    if lease_namespace is not None:
-        kube = Kube.from_environment(timeout=max(2.0, settings.lease_seconds / 3))
-        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-        elector = LeaseElector(
-            kube,
-            lease_namespace,
-            settings.leader_election_name,
-            identity,
-            lease_seconds=settings.lease_seconds,
-        )
-        acquired = await _standby(elector, endpoint)
-        if not acquired:  # SIGTERM while standing by
-            await kube.close()
-            return 0
-    stop = asyncio.Event()
-    holder = None
-    if elector is not None:
-        holder = asyncio.create_task(elector.hold(on_lost=stop.set))
     try:
-        await kopf.operator(
-            standalone=True,
-            clusterwide=not watched,
-            namespaces=watched,
-            liveness_endpoint=endpoint,
-            stop_flag=stop,
-        )
+        if lease_namespace is not None:
+            identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+            elector = LeaseElector(
+                kube,
+                lease_namespace,
+                settings.leader_election_name,
+                identity,
+                lease_seconds=settings.lease_seconds,
+            )
+            if not await _waiting(elector.acquire(), endpoint):  # SIGTERM while standing by
+                return 0
+        if not await _crd_served(kube):
+            _logger.info("Waiting for the ModelDeployment CRD (%s) to be served", CRD_API)
+            if not await _waiting(_until_crd_served(kube), endpoint):
+                return 0
+        return await _operate(kube, elector, watched=watched, endpoint=endpoint)
+    finally:
+        if elector is not None:
+            await elector.release()
+        await kube.close()
+
+
+async def _operate(
+    kube: Kube, elector: LeaseElector | None, *, watched: list[str], endpoint: str | None
+) -> int:
+    """Run kopf until a signal (or a lost Lease). kopf resolves its resources when a CRD event
+    arrives; if the API server's discovery serves the new resource only a moment later, kopf never
+    looks again. So discovery is watched here, and kopf is restarted in-process when the
+    ModelDeployment resource comes back after having been gone."""
+    runs: dict[str, asyncio.Event] = {}
+    lost = asyncio.Event()
+
+    def on_lost() -> None:
+        lost.set()
+        runs["stop"].set()
+
+    holder = asyncio.create_task(elector.hold(on_lost=on_lost)) if elector is not None else None
+    try:
+        while True:
+            stop, restart = asyncio.Event(), asyncio.Event()
+            runs["stop"] = stop
+            watchdog = asyncio.create_task(_watch_crd(kube, stop, restart))
+            try:
+                await kopf.operator(
+                    standalone=True,
+                    clusterwide=not watched,
+                    namespaces=watched,
+                    liveness_endpoint=endpoint,
+                    stop_flag=stop,
+                )
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+            if not restart.is_set() or lost.is_set():
+                break
+            _logger.info("The ModelDeployment CRD is served again: restarting the watches")
     finally:
         if holder is not None:
             holder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await holder
-        if elector is not None and kube is not None:
-            await elector.release()
-            await kube.close()
-    return 1 if elector is not None and elector.lost else 0
+    return 1 if lost.is_set() else 0
 
 
-async def _standby(elector: LeaseElector, endpoint: str | None) -> bool:
-    """Wait for the Lease, answering liveness probes meanwhile. False on SIGTERM/SIGINT."""
+CRD_API = f"{GROUP}/{VERSION} {PLURAL}"
+CRD_POLL_SECONDS = 5.0
+
+
+async def _crd_served(kube: Kube) -> bool:
+    try:
+        return await kube.has_resource(GROUP, VERSION, PLURAL)
+    except ApiError as err:
+        _logger.debug("Discovery of %s failed: %s", CRD_API, err)
+        return False
+
+
+async def _until_crd_served(kube: Kube) -> None:
+    while not await _crd_served(kube):
+        await asyncio.sleep(CRD_POLL_SECONDS)
+
+
+async def _crd_uid(kube: Kube) -> str | None:
+    """The uid of the ModelDeployment CRD (None if absent or unreadable)."""
+    try:
+        items, _ = await kube.list_with_version(
+            "apiextensions.k8s.io/v1",
+            "customresourcedefinitions",
+            None,
+            fields=f"metadata.name={PLURAL}.{GROUP}",
+        )
+    except ApiError as err:
+        _logger.debug("Could not read the CRD: %s", err)
+        return None
+    return str(items[0]["metadata"]["uid"]) if items else None
+
+
+async def _watch_crd(kube: Kube, stop: asyncio.Event, restart: asyncio.Event) -> None:
+    """Set `restart` and `stop` once the ModelDeployment CRD was re-created (a new uid) or served
+    again after having been gone, and discovery serves it."""
+    first = await _crd_uid(kube)
+    gone = False
+    while True:
+        await asyncio.sleep(CRD_POLL_SECONDS)
+        uid = await _crd_uid(kube)
+        served = await _crd_served(kube)
+        if not served and not gone:
+            _logger.warning("The ModelDeployment CRD (%s) is not served any more", CRD_API)
+        gone = gone or not served or uid is None
+        if served and uid is not None and (gone or (first is not None and uid != first)):
+            await asyncio.sleep(CRD_POLL_SECONDS)  # let discovery settle
+            restart.set()
+            stop.set()
+            return
+
+
+async def _waiting(until: Coroutine[Any, Any, None], endpoint: str | None) -> bool:
+    """Await `until`, answering liveness probes meanwhile. False on SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,14 +209,15 @@ async def _standby(elector: LeaseElector, endpoint: str | None) -> bool:
             loop.add_signal_handler(sig, stopped.set)
     runner = await _serve_health(endpoint)
     try:
-        acquire = asyncio.create_task(elector.acquire())
+        waited = asyncio.create_task(until)
         stop = asyncio.create_task(stopped.wait())
-        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (acquire, stop):
+        await asyncio.wait({waited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        done = waited.done() and not waited.cancelled() and waited.exception() is None
+        for task in (waited, stop):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        return elector.leader
+        return done and not stopped.is_set()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
