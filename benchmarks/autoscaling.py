@@ -147,7 +147,7 @@ def main() -> int:
         spec = parse_manifest(m).spec
         arch = load_model(spec.model.name)
         base = read_trace(ns.traces / path)
-        results[name] = {p: [] for p in POLICIES}
+        results[name] = {p: [] for p in (*POLICIES, PROPOSAL)}
         for seed in ns.seeds:
             t0 = time.monotonic()
             doc, runs = run(spec, scale(base, k, seed), arch,

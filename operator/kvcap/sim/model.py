@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvcap.capacity.latency import StepModel
+from kvcap.capacity.plan_types import PoolPlan
 from kvcap.sim.engine import EngineConfig
 
 
@@ -23,8 +24,9 @@ class PoolSetup:
     engine: EngineConfig
     model: StepModel
     startup_s: float  # pod creation -> Ready
-    mean_prompt: float = 0.0  # of the requests routed here (the policy's length model)
+    mean_prompt: float = 0.0  # of the trace's requests routed here
     mean_output: float = 0.0
+    plan: PoolPlan | None = None  # the planner's pool (the operator's autoscaler reads it)
 
 
 @dataclass(frozen=True, slots=True)

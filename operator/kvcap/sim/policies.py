@@ -189,8 +189,11 @@ class Kvcap:
             gpus_per_replica=setup.gpus_per_replica,
             gpu_budget=self.gpu_budget,
             startup_seconds=setup.startup_s,
-            length=kv.LengthModel(mean_prompt_tokens=setup.mean_prompt,
-                                  mean_output_tokens=setup.mean_output),
+            # The operator's length model (controller/scaling.py uses the same function); without
+            # a plan, the trace's own means.
+            length=kv.length_model_for(setup.plan) if setup.plan is not None else
+            kv.LengthModel(mean_prompt_tokens=setup.mean_prompt,
+                           mean_output_tokens=setup.mean_output),
             max_num_seqs=setup.engine.max_num_seqs,
         )
 

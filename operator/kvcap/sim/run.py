@@ -87,7 +87,7 @@ def pool_setups(spec: ModelDeploymentSpec, plan: CapacityPlan, arch: ModelArch, 
             gpu_product=p.gpu_product, tensor_parallel_size=p.tensor_parallel_size,
             gpus_per_replica=p.gpus_per_replica, planned_replicas=p.replicas,
             kv_tokens_per_replica=p.kv_tokens_per_replica, engine=engine, model=model,
-            startup_s=start))
+            startup_s=start, plan=p))
     sums = [[0, 0, 0] for _ in setups]
     for r in trace.requests:
         i = route(setups, max(1, r.prompt) + max(1, r.output))
