@@ -79,3 +79,57 @@ def test_other_gpus_are_larger_and_same_vendor():
     for f in fits:
         other = catalog.get_gpu(f.gpu)
         assert other.vendor == g.vendor and other.memory_bytes >= g.memory_bytes
+
+
+# --- the planner's infeasible message uses the same mechanism -------------------------------------
+
+def _md(model: str, max_ctx: int, products: list[str], per_node: int, vllm: dict | None = None):
+    from kvcap.api.models import ModelDeploymentSpec
+    return {"model": {"name": model}, "workload": {"maxContextTokens": max_ctx,
+                                                   "targetConcurrency": 1},
+            "gpu": {"products": products, "perNode": per_node}, "vllm": vllm or {}}, \
+        ModelDeploymentSpec
+
+
+def _apply(doc: dict, hint: str) -> dict:
+    """The spec with one hint's named changes applied."""
+    import copy
+    import re
+    out = copy.deepcopy(doc)
+    for field, value in re.findall(r"`([a-zA-Z.]+): ([^`]+)`", hint):
+        section, key = field.split(".")
+        out.setdefault(section, {})[key] = (
+            [value.strip("[]")] if key == "products" else
+            int(value) if value.isdigit() else value)
+    return out
+
+
+@pytest.mark.parametrize(("model", "max_ctx", "products", "per_node", "vllm", "first", "kinds"), [
+    # 131 GiB of bf16 weights, one 22 GiB GPU per node: 8 L4 (PP 8) hold ~33k tokens; a larger GPU
+    # product holds the full context.
+    ("meta-llama/Llama-3.1-70B-Instruct", 131072, ["L4"], 1, None,
+     "`workload.maxContextTokens: ", ["workload.maxContextTokens", "gpu.products"]),
+    # 405B bf16 does not fit 32 L4 at all: only a larger GPU product does.
+    ("meta-llama/Llama-3.1-405B-Instruct", 131072, ["L4"], 4, None,
+     "`gpu.products: [", ["gpu.products"]),
+])
+def test_planner_infeasible_names_re_estimated_configs_cheapest_first(
+        model, max_ctx, products, per_node, vllm, first, kinds):
+    import re
+
+    from kvcap.capacity.planner import plan_deployment
+    doc, spec_cls = _md(model, max_ctx, products, per_node, vllm)
+    plan = plan_deployment(spec_cls.model_validate(doc))
+    assert not plan.feasible and plan.reason == "InsufficientGpuMemory"
+    _head, _, tail = plan.message.partition("; would fit (re-estimated, cheapest first): ")
+    assert tail, plan.message
+    hints = tail.split("; or ")
+    assert hints[0].startswith(first), hints
+    for kind in kinds:
+        assert any(f"`{kind}: " in h for h in hints), (kind, hints)
+    costs = [float(re.search(r"(\d+) GiB provisioned", h).group(1)) for h in hints]
+    assert costs == sorted(costs)
+    # every hint is a configuration the planner then plans
+    for hint in hints:
+        again = plan_deployment(spec_cls.model_validate(_apply(doc, hint)))
+        assert again.feasible, (hint, again.message)

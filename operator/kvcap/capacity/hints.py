@@ -62,12 +62,31 @@ class Fit:
                 f"{self.max_model_len:,} tokens)")
 
 
-def _try(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> Estimate | None:
+def _try(arch: ModelArch, gpu: Gpu, args: ServeArgs,
+         min_concurrency: float = 1.0) -> Estimate | None:
     try:
         est = estimate(arch, gpu, args)
     except KvcapError:
         return None
-    return est if est.fits else None
+    return est if est.fits and est.max_concurrency >= min_concurrency else None
+
+
+def _longest_len(arch: ModelArch, gpu: Gpu, est: Estimate, args: ServeArgs,
+                 min_concurrency: float) -> int:
+    """The longest --max-model-len at which the same KV memory holds `min_concurrency` requests
+    (vLLM's own estimate when that is 1)."""
+    if min_concurrency <= 1.0:
+        return est.estimated_max_model_len
+    given = replace(args, kv_cache_memory_bytes=max(0, est.available_kv_bytes))
+    lo, hi, best = 1, args.max_model_len or arch.max_position_embeddings, 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if estimate(arch, gpu, replace(given, max_model_len=mid)).max_concurrency \
+                >= min_concurrency:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def _fit(kind: str, gpu: Gpu, args: ServeArgs, est: Estimate) -> Fit:
@@ -77,7 +96,8 @@ def _fit(kind: str, gpu: Gpu, args: ServeArgs, est: Estimate) -> Fit:
                est.max_concurrency, args.max_num_seqs if kind == "fewer-seqs" else None)
 
 
-def _fewer_seqs(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> tuple[ServeArgs, Estimate] | None:
+def _fewer_seqs(arch: ModelArch, gpu: Gpu, args: ServeArgs,
+                min_concurrency: float = 1.0) -> tuple[ServeArgs, Estimate] | None:
     """The largest --max-num-seqs below the current one that fits: V1's profile run samples that
     many dummy requests over the whole vocabulary (see vllm_version, "sampler"), so fewer sequences
     free KV memory without more GPUs. None when even one sequence does not fit."""
@@ -91,7 +111,7 @@ def _fewer_seqs(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> tuple[ServeArgs, 
     while lo <= hi:
         mid = (lo + hi) // 2
         trial = replace(args, max_num_seqs=mid)
-        got = _try(arch, gpu, trial)
+        got = _try(arch, gpu, trial, min_concurrency)
         if got is not None:
             best, lo = (trial, got), mid + 1
         else:
@@ -100,11 +120,14 @@ def _fewer_seqs(arch: ModelArch, gpu: Gpu, args: ServeArgs) -> tuple[ServeArgs, 
 
 
 def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gpu] = (),
-                   limit: int = 4) -> list[Fit]:
-    """Configurations that fit, cheapest first, at most one per kind (the cheapest of its kind)."""
+                   limit: int = 4, tp_sizes: Sequence[int] = TP_SIZES,
+                   pp_sizes: Sequence[int] = PP_SIZES, min_concurrency: float = 1.0) -> list[Fit]:
+    """Configurations that fit, cheapest first, at most one per kind (the cheapest of its kind).
+    `tp_sizes`/`pp_sizes` bound the shapes tried and `min_concurrency` is how many max-length
+    requests a replica must hold (the planner passes its node size and KV headroom)."""
     base_len = args.max_model_len or arch.max_position_embeddings
     args = replace(args, max_model_len=base_len)
-    tps = [t for t in TP_SIZES if arch.num_attention_heads % t == 0]
+    tps = [t for t in tp_sizes if arch.num_attention_heads % t == 0]
     fp8 = args.kv_cache_dtype == "auto" and arch.mamba is None
     best: dict[str, Fit] = {}
 
@@ -114,7 +137,7 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
         if cur is None or key < (cur.cost_gib, -cur.max_concurrency):
             best[fit.kind] = fit
 
-    shape_list = sorted(((t, p) for p in PP_SIZES for t in tps), key=lambda s: (s[0] * s[1], s[1]))
+    shape_list = sorted(((t, p) for p in pp_sizes for t in tps), key=lambda s: (s[0] * s[1], s[1]))
 
     # Same GPU: more GPUs per replica (TP first, then PP), then fp8 KV, then a shorter context.
     for tp, pp in shape_list:
@@ -123,7 +146,7 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
         if tp * pp <= args.tensor_parallel_size * args.pipeline_parallel_size:
             continue
         a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp)
-        est = _try(arch, gpu, a)
+        est = _try(arch, gpu, a, min_concurrency)
         if est is not None:
             offer(_fit("pipeline-parallel" if pp > 1 else "tensor-parallel", gpu, a, est))
     if fp8:
@@ -132,11 +155,11 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
                 continue
             a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp,
                         kv_cache_dtype="fp8")
-            est = _try(arch, gpu, a)
+            est = _try(arch, gpu, a, min_concurrency)
             if est is not None:
                 offer(_fit("fp8-kv", gpu, a, est))
                 break
-    fewer = _fewer_seqs(arch, gpu, args)
+    fewer = _fewer_seqs(arch, gpu, args, min_concurrency)
     if fewer is not None:
         offer(_fit("fewer-seqs", gpu, *fewer))
     for tp, pp in shape_list:
@@ -147,9 +170,10 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
             est = estimate(arch, gpu, a)
         except KvcapError:
             continue
-        if 0 < est.estimated_max_model_len < base_len:
-            shorter = replace(a, max_model_len=est.estimated_max_model_len)
-            est2 = _try(arch, gpu, shorter)
+        longest = _longest_len(arch, gpu, est, a, min_concurrency)
+        if 0 < longest < base_len:
+            shorter = replace(a, max_model_len=longest)
+            est2 = _try(arch, gpu, shorter, min_concurrency)
             if est2 is not None:
                 offer(_fit("shorter-context", gpu, shorter, est2))
                 break
@@ -160,12 +184,42 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
             continue  # a larger GPU of the same vendor
         for tp, pp in shape_list:
             a = replace(args, tensor_parallel_size=tp, pipeline_parallel_size=pp)
-            est = _try(arch, other, a)
+            est = _try(arch, other, a, min_concurrency)
             if est is not None:
                 offer(_fit("another-gpu", other, a, est))
                 break
     full = [f for f in best.values() if f.kind in ("tensor-parallel", "pipeline-parallel")]
     if "fp8-kv" in best and any(f.cost_gib <= best["fp8-kv"].cost_gib for f in full):
         del best["fp8-kv"]  # fp8 KV only helps when it needs fewer GPUs than full precision
-    fits = sorted(best.values(), key=lambda f: (f.cost_gib, _PREFERENCE[f.kind]))
-    return fits[:limit]
+    return cheapest_per_kind(list(best.values()))[:limit]
+
+
+def cheapest_per_kind(fits: Sequence[Fit]) -> list[Fit]:
+    """The cheapest fit of each kind, cheapest first (at equal cost, the smaller change first)."""
+    out: dict[str, Fit] = {}
+    for fit in sorted(fits, key=_rank):
+        out.setdefault(fit.kind, fit)
+    return sorted(out.values(), key=_rank)
+
+
+def _rank(fit: Fit) -> tuple[float, int, float]:
+    return fit.cost_gib, _PREFERENCE[fit.kind], -fit.max_concurrency
+
+
+def spec_change(fit: Fit, base: ServeArgs) -> str:
+    """The fit in ModelDeployment terms, for the planner's infeasible message (`kvcap plan`, the
+    operator's status): the spec fields to change and the replica shape it then plans."""
+    changes = []
+    if fit.kind == "another-gpu":
+        changes.append(f"`gpu.products: [{fit.gpu}]`")
+    if fit.kv_cache_dtype != base.kv_cache_dtype:
+        changes.append("`vllm.kvCacheDtype: FP8`")
+    if base.max_model_len and fit.max_model_len < base.max_model_len:
+        changes.append(f"`workload.maxContextTokens: {fit.max_model_len}`")
+    if fit.max_num_seqs is not None:
+        changes.append(f"`vllm.maxNumSeqs: {fit.max_num_seqs}`")
+    shape = f"TP {fit.tensor_parallel_size}" + (
+        f" PP {fit.pipeline_parallel_size}" if fit.pipeline_parallel_size > 1 else "")
+    return (f"{' + '.join(changes) or 'the same spec'} -> {fit.gpus} x {fit.gpu} per replica "
+            f"({shape}, {fit.cost_gib:.0f} GiB provisioned, {fit.max_concurrency:.2f}x concurrency "
+            f"at {fit.max_model_len:,} tokens)")

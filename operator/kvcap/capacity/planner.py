@@ -30,6 +30,7 @@ from kvcap.capacity import catalog
 from kvcap.capacity.arch import ModelArch
 from kvcap.capacity.catalog import GIB, Gpu
 from kvcap.capacity.configs import load_model
+from kvcap.capacity.hints import Fit, cheapest_per_kind, spec_change, what_would_fit
 from kvcap.capacity.latency import StepModel, step_model
 from kvcap.capacity.memory import Calibration, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import Alternative, CapacityPlan, PoolPlan
@@ -641,26 +642,22 @@ def _why_lost(c: Candidate, best: Candidate) -> str:
 
 def _infeasible(arch: ModelArch, gpus: Sequence[Gpu], spec: ModelDeploymentSpec, demand: PoolDemand,
                 why: list[str], version: str) -> CapacityPlan:
-    """No GPU/TP/PP holds one max-length request: say what would."""
-    biggest = max(gpus, key=lambda g: g.memory_bytes)
-    tp = max(valid_tp_sizes(arch, spec.gpu.per_node) or [1])
-    args = _serve_args(spec, tp, 1, demand.max_model_len)
-    hints = []
-    try:
-        est = estimate(arch, biggest, args)
-        if est.estimated_max_model_len > 0:
-            hints.append(f"`workload.maxContextTokens` <= {est.estimated_max_model_len} fits on "
-                         f"{tp} x {biggest.name}")
-        if spec.vllm.kv_cache_dtype == "Auto":
-            fp8 = estimate(arch, biggest, replace(args, kv_cache_dtype="fp8"))
-            if fp8.fits:
-                hints.append("`vllm.kvCacheDtype: FP8` fits")
-    except KvcapError:
-        pass
+    """No GPU/TP/PP holds one max-length request: name what would, as `kvcap estimate` does
+    (`hints.what_would_fit`: each configuration re-estimated, the cheapest of each kind, cheapest
+    first), within the node size, in ModelDeployment terms."""
+    per_node = spec.gpu.per_node
+    base = _serve_args(spec, 1, 1, demand.max_model_len)
+    tps = [t for t in TP_CHOICES if t <= per_node]
+    need = 1 / max(1e-6, 1 - spec.workload.kv_headroom_percent / 100)  # as `_evaluate` requires
+    fits: list[Fit] = []
+    for gpu in gpus:
+        fits += what_would_fit(arch, gpu, base, catalog.all_gpus(), limit=6, tp_sizes=tps,
+                               pp_sizes=PP_CHOICES, min_concurrency=need)
+    hints = [spec_change(f, base) for f in cheapest_per_kind(fits)[:4]]
     detail = why[-1] if why else "no GPU product allowed"
     message = (f"no allowed GPU holds one {demand.max_model_len}-token request of {arch.name} with up "
-               f"to {spec.gpu.per_node} GPUs per node ({detail})")
+               f"to {per_node} GPUs per node ({detail})")
     if hints:
-        message += "; would fit: " + " or ".join(hints)
+        message += "; would fit (re-estimated, cheapest first): " + "; or ".join(hints)
     return CapacityPlan(False, "InsufficientGpuMemory", message, arch.name,
                         extra={"vllm_version": version, "considered": why[:12]})
