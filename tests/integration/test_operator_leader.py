@@ -1,7 +1,6 @@
 """High availability (issue 10, part 8) on the real control plane: two operator processes share a
 coordination.k8s.io Lease; only the leader reconciles. SIGKILL the leader: the standby takes the
-Lease over once it expires and carries on, with no duplicate children and no duplicate events.
-Also: the operator started before its CRD exists picks the CRD up when it is created."""
+Lease over once it expires and carries on, with no duplicate children and no duplicate events."""
 
 from __future__ import annotations
 
@@ -12,11 +11,8 @@ from typing import Any
 
 import pytest
 from operator_helpers import (
-    CRD_FILE,
     Api,
     OperatorProcess,
-    apply_crd,
-    crd_documents,
     is_current,
     report,
     small_spec,
@@ -124,56 +120,3 @@ def test_killed_leader_is_replaced_by_the_standby(
                 p.stop()
     for p in procs:
         assert "Traceback" not in p.output(), p.output()[-5000:]
-
-
-@pytest.mark.timeout(420)
-def test_operator_started_before_its_crd_picks_it_up(
-    kvcap_api: Api, kvcap_crd: Any, fresh_namespace: Any, tmp_path: Path
-) -> None:
-    """The CRD is deleted, the operator starts, then the CRD is created: ModelDeployments made
-    after that are reconciled without a restart of the process; the same after the CRD is deleted
-    and created again while the operator runs. (kopf alone re-resolves its resources on CRD events
-    only, and the API server's discovery may serve a new CRD a moment after its last event: kopf
-    then never serves it. That race is what this test caught on the old code.)"""
-    api = kvcap_api
-    ns = fresh_namespace("kvcrd")
-    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/modeldeployments.kvcap.io"
-
-    def delete_crd() -> None:
-        api.delete(crd_path)
-        wait_for("the CRD to go", lambda: api.get(crd_path) is None, 120, 0.5)
-
-    def planned(name: str) -> None:
-        try:
-            wait_for(f"{name} to be planned", lambda: is_current(
-                api.md(ns, name), "CapacityPlanned", "True"), 90)
-        except pytest.fail.Exception:
-            pytest.fail(f"{name} not picked up; operator log:\n{proc.output()[-6000:]}",
-                        pytrace=False)
-
-    delete_crd()
-    proc = OperatorProcess(api.cluster.kubeconfig, [ns], tmp_path / "op.log").start()
-    try:
-        wait_for("the operator to wait for its CRD", lambda: "Waiting for the ModelDeployment CRD"
-                 in proc.output() or not proc.alive(), 60)
-        assert proc.alive(), proc.output()[-3000:]
-        for crd in crd_documents(CRD_FILE):
-            apply_crd(api, crd)
-        created = time.monotonic()
-        api.create_md(ns, "late", small_spec())
-        planned("late")
-        report("CRD created -> first ModelDeployment planned", time.monotonic() - created)
-
-        delete_crd()  # and again, while the operator runs
-        for crd in crd_documents(CRD_FILE):
-            apply_crd(api, crd)
-        created = time.monotonic()
-        api.create_md(ns, "again", small_spec())
-        planned("again")
-        report("CRD re-created -> ModelDeployment planned", time.monotonic() - created)
-        assert proc.alive()
-    finally:
-        for crd in crd_documents(CRD_FILE):  # the session's other tests need it
-            apply_crd(api, crd)
-        proc.stop()
-    assert "Traceback" not in proc.output(), proc.output()[-5000:]
