@@ -165,7 +165,7 @@ def step_model(arch: ModelArch, gpu: Gpu, *, tp: int, pp: int = 1, weight_bytes_
     layers_per_stage = math.ceil(n_layers / pp)
     # GEMM parameters a token passes through: everything but the input embedding; the LM head is
     # a GEMM too (counted even when tied). MoE: only the routed experts a token uses.
-    linear = arch.num_parameters - arch.embedding_parameters
+    linear = float(arch.num_parameters - arch.embedding_parameters)
     if arch.is_moe and arch.expert_parameters and arch.num_experts and arch.experts_per_token:
         linear -= arch.expert_parameters * (1 - arch.experts_per_token / arch.num_experts)
     linear += arch.vocab_size * arch.hidden_size
