@@ -234,6 +234,7 @@ def main() -> None:
     block("vLLM version", _version_key)
     block("GPU", lambda c: c.gpu.name if c.gpu else "?")
     block("source (left out)", lambda c: c.source_id[:24])
+    components(b_cases, per_source)
     print("   every method, all launches of B:")
     print(f"   {'method':<16} {'median':>8} {'p90':>8} {'<=1 GiB':>8}")
     for m in methods:
@@ -288,6 +289,50 @@ def main() -> None:
         print()
         for cid, pred, obs in rows:
             print(f"{cid:<70} {pred:10.2f} {obs:10.2f} {_pct(pred, obs):6.2f}%")
+
+
+def _signed_med(xs: list[float]) -> str:
+    return f"{statistics.median(xs):+.2f}" if xs else "-"
+
+
+def components(b_cases: list[Case], per_source: Mapping[str, Mapping[str, OverheadModel]]) -> None:
+    """Which component the LOSO miss comes from, per GPU x TP and per version: signed medians of
+    predicted - logged (GiB per GPU). Weights from "Model loading took"; activation and non-torch
+    where the log prints them (DEBUG / INFO summary lines); the rest of the budget (activation +
+    non-torch + CUDA graphs) from total x util - logged weights - logged KV memory, which every
+    launch with logged weights gives. A positive 'rest' means kvcap charges too much overhead."""
+    print("   Components of the LOSO error, signed median predicted - logged (GiB per GPU), n with "
+          "that line logged")
+    print(f"   {'group':<24} {'n':>4} {'available':>9}  {'weights':>12} {'activation':>12} "
+          f"{'non-torch':>12} {'rest of budget':>15}")
+    groups: dict[str, list[Case]] = {}
+    for c in b_cases:
+        assert c.gpu is not None
+        groups.setdefault(f"{c.gpu.name} TP{c.args.tensor_parallel_size}", []).append(c)
+        groups.setdefault(f"v{_version_key(c)}", []).append(c)
+    for g in sorted(groups, key=lambda k: (k.startswith("v"), _sort_key(k.lstrip("v")), k)):
+        av, w, act, nt, rest = [], [], [], [], []
+        for c in groups[g]:
+            assert c.gpu is not None
+            o = c.observed
+            est = estimate(c.arch, c.gpu, c.args, per_source[c.source_id])
+            av.append(est.available_kv_bytes / GIB - float(o["available_kv_gib"]))
+            if o.get("model_weights_gib") is not None:
+                w.append(est.weights_bytes / GIB - float(o["model_weights_gib"]))
+                budget = c.gpu.memory_bytes * est.gpu_memory_utilization / GIB
+                logged_rest = budget - float(o["model_weights_gib"]) - float(o["available_kv_gib"])
+                rest.append((est.activation_bytes + est.non_torch_bytes + est.cudagraph_bytes) / GIB
+                            - logged_rest)
+            if o.get("activation_peak_gib") is not None:
+                act.append(est.activation_bytes / GIB - float(o["activation_peak_gib"]))
+            if o.get("non_torch_gib") is not None:
+                nt.append(est.non_torch_bytes / GIB - float(o["non_torch_gib"]))
+
+        def cell(xs: list[float]) -> str:
+            return f"{_signed_med(xs)} ({len(xs)})" if xs else "-"
+        print(f"   {g[:24]:<24} {len(av):>4} {_signed_med(av):>9}  {cell(w):>12} {cell(act):>12} "
+              f"{cell(nt):>12} {cell(rest):>15}")
+    print()
 
 
 def _sort_key(g: str) -> tuple[int, ...]:
