@@ -93,10 +93,16 @@ CASES: list[tuple[str, dict[str, Pool], str | None, tuple[str, ...]]] = [
         ("pool 'default'", "registry.invalid/vllm:v1", "and 1 more pod"),
     ),
     (
-        "err-image-pull",
+        "err-image-pull-is-the-same-steady-reason",  # the kubelet alternates the two
         {"default": Pool(None, (pod(waiting=("ErrImagePull", "manifest unknown")),))},
-        "ErrImagePull",
-        ("manifest unknown",),
+        "ImagePullBackOff",
+        ("waiting in ErrImagePull", "manifest unknown"),
+    ),
+    (
+        "crashing-between-back-offs",  # running again after a crash, not ready: still a loop
+        {"default": Pool(None, (pod(last_terminated="Error", restarts=3),))},
+        "CrashLoopBackOff",
+        ("keeps exiting", "last exit code 137", "3 restarts"),
     ),
     (
         "crash-loop",

@@ -190,13 +190,28 @@ def _pod_failure(pod: Mapping[str, Any]) -> tuple[int, str, str] | None:
             detail = " ".join(str(waiting.get("message") or "").split())
             found = (
                 1 + WAITING_FAILURES.index(reason),
-                str(reason),
+                _STEADY_REASON.get(str(reason), str(reason)),
                 f"pod '{name}': container '{cname}' is waiting in {reason}"
                 + (f": {detail}" if detail else "")
                 + (f" ({restarts} restarts)" if restarts else ""),
             )
             best = found if best is None or found[0] < best[0] else best
+        elif restarts and last.get("exitCode") not in (None, 0):
+            # Between two back-offs a crashing container is briefly running or terminated; it is
+            # still crash-looping (one steady reason, not a Stalled condition that flaps).
+            found = (
+                1 + WAITING_FAILURES.index("CrashLoopBackOff"),
+                "CrashLoopBackOff",
+                f"pod '{name}': container '{cname}' keeps exiting (last exit code "
+                f"{last.get('exitCode')}, {last.get('reason') or 'Error'}; {restarts} restarts)",
+            )
+            best = found if best is None or found[0] < best[0] else best
     return best
+
+
+#: The kubelet alternates ErrImagePull (an attempt failed) and ImagePullBackOff (waiting to retry)
+#: for the same image: one reason for both keeps Stalled and its event from flapping.
+_STEADY_REASON = {"ErrImagePull": "ImagePullBackOff"}
 
 
 def _workload_failure(workload: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -560,19 +575,20 @@ def describe_pools(status: Mapping[str, Any]) -> str:
 
 
 def _pool_scale_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
-    """One event per pool whose replicas the autoscaler changed, with its decision sentence."""
+    """One event per pool whose replicas the autoscaler changed, with its decision sentence
+    (`status.pools[].decision`)."""
     before = {p.get("name"): p for p in (old.get("plan") or {}).get("pools") or ()}
+    decisions = {p.get("name"): p.get("decision") for p in new.get("pools") or ()}
     events = []
     for pool in (new.get("plan") or {}).get("pools") or ():
         prev = before.get(pool.get("name"))
-        if prev is None or "decision" not in pool:
+        decision = decisions.get(pool.get("name"))
+        if prev is None or not decision:
             continue
         a, b = prev.get("replicas") or 0, pool.get("replicas") or 0
         if a != b:
             verb = kc.EVENT_SCALED_UP if b > a else kc.EVENT_SCALED_DOWN
-            events.append(
-                Event("Normal", verb, f"Pool '{pool['name']}' {a} -> {b}: {pool['decision']}")
-            )
+            events.append(Event("Normal", verb, f"Pool '{pool['name']}' {a} -> {b}: {decision}"))
     return events
 
 
