@@ -146,6 +146,12 @@ CASES: list[tuple[str, dict[str, Pool], str | None, tuple[str, ...]]] = [
         (),
     ),
     (
+        "one-restart-may-be-recovering",  # a one-off crash, reloading: not a loop (yet)
+        {"default": Pool(None, (pod(last_terminated="Error", restarts=1),))},
+        None,
+        (),
+    ),
+    (
         "ready-pod-with-old-oom-is-fine",
         {"default": Pool(None, (pod(ready=True, last_terminated="OOMKilled", restarts=1),))},
         None,

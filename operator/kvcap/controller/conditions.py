@@ -196,7 +196,7 @@ def _pod_failure(pod: Mapping[str, Any]) -> tuple[int, str, str] | None:
                 + (f" ({restarts} restarts)" if restarts else ""),
             )
             best = found if best is None or found[0] < best[0] else best
-        elif restarts and last.get("exitCode") not in (None, 0):
+        elif restarts >= 2 and last.get("exitCode") not in (None, 0):
             # Between two back-offs a crashing container is briefly running or terminated; it is
             # still crash-looping (one steady reason, not a Stalled condition that flaps).
             found = (
