@@ -28,7 +28,7 @@ MI300X = Gpu("MI300X", (), "amd", int(191.5 * GIB), 5300, 1307, True)
     ("0.15.1", "V1", 0.9, True, False, "sort", "v1-sort"),
     ("0.16.0", "V1", 0.9, True, False, "sort", "v1-sort"),
     ("0.17.0", "V1", 0.9, True, False, "triton", "v1"),      # PR #33538 Triton top-k/top-p
-    ("0.20.2", "V1", 0.9, True, False, "triton", "v1"),
+    ("0.20.2", "V1", 0.9, True, True, "triton", "v1"),       # CUDA-graph estimate: PSAP v0.20 logs
     ("0.21.0", "V1", 0.92, True, True, "triton", "v1"),      # PR #38284 / #30515
     ("v0.32.0", "V1", 0.92, True, True, "triton", "v1"),
     ("0.40.1", "V1", 0.92, True, True, "triton", "v1"),      # later than the table: newest rules

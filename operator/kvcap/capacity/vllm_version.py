@@ -61,8 +61,14 @@ _RULES: dict[str, list[tuple[tuple[int, int, int], object]]] = {
     # Hybrid KV cache manager (PR #17996): sliding-window and Mamba layers in their own groups.
     # Shipped in v0.9.2 behind a flag, on by default from v0.10.0.
     "hybrid_allocator": [((0, 0, 0), False), ((0, 10, 0), True)],
-    # `profile_cudagraph_memory` (PR #30515), default on since PR #38284 (v0.21.0).
-    "cudagraph": [((0, 0, 0), False), ((0, 21, 0), True)],
+    # `profile_cudagraph_memory` (PR #30515, opt-in via VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS),
+    # default on since PR #38284. vLLM's later log line says "default since v0.21.0", but the
+    # v0.20.0 and v0.20.2 launches of the validation set (openshift-psap, H200, upstream and Red Hat
+    # builds) already subtract it: 0.92 x total - logged weights - logged KV memory equals the same
+    # model's v0.18/0.19 overhead plus the logged CUDA-graph memory (Llama-3.3-70B TP 4: 4.14 +
+    # 0.90/0.94 GiB). So the rule starts at 0.20.0; if a 0.20 build without it is found, the
+    # estimate is ~1 GiB pessimistic there (the safe side).
+    "cudagraph": [((0, 0, 0), False), ((0, 20, 0), True)],
     # engine/arg_utils.py server defaults (OPENAI_API_SERVER usage context):
     #   "v0"       no chunked prefill: max_num_batched_tokens = max(max_model_len, 2048), 256 seqs
     #   "h100"     PR #12369 (merged 2025-01-24, v0.7.1): H100/H200 get 8192 tokens, others 2048;
