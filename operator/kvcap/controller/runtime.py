@@ -286,6 +286,16 @@ async def reflect_nodes(
             delay = min(delay * 2, 30.0)
 
 
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the view keeps of a watched object: no managedFields (often the largest part), and of
+    a Pod only its metadata, node and status (what readiness and failure reasons are read from)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    out = {**obj, "metadata": meta}
+    if obj.get("kind") == "Pod":
+        out["spec"] = {"nodeName": (obj.get("spec") or {}).get("nodeName")}
+    return out
+
+
 class ChildView:
     """Owned children and their pods, by (namespace, owner label value), fed by watch events."""
 
@@ -305,7 +315,8 @@ class ChildView:
         key = self.owner_of(obj)
         if key is None:
             return None
-        meta = obj.get("metadata") or {}
+        obj = slim(obj)
+        meta = obj["metadata"]
         name = str(meta.get("name"))
         if obj.get("kind") == "Pod":
             pods = self.pods.setdefault(key, {})
