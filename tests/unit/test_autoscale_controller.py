@@ -16,6 +16,7 @@ from kvcap.autoscale import prometheus as prom
 from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
 from kvcap.controller import autoscaler as asc
 from kvcap.controller.conditions import Check, autoscaling_conditions, transition_events
+from kvcap.controller.decide import PoolScale
 from kvcap.controller.scaling import ObjectMetrics, PoolLive, length_model, scale_pools
 
 NOW = 1_800_000_000.0
@@ -70,10 +71,12 @@ def test_kv_headroom_scales_up_with_the_sentence_in_status() -> None:
     assert out.checks[kc.METRICS_AVAILABLE] == Check("True", kc.METRICS_CURRENT, out.checks[kc.METRICS_AVAILABLE].message)
 
 
-def test_state_round_trips_through_status() -> None:
+@pytest.mark.parametrize("where", ["pools", "plan"])  # status.pools[]; status.plan.pools[] before
+def test_state_round_trips_through_status(where: str) -> None:
     first = scale_pools(spec(), plan(), live(3, 0.05), {})["default"]
-    assert first.replicas == 3 and first.status["autoscaler"]["lowSince"] == NOW
-    stored = {"plan": {"pools": [{"name": "default", **first.status}]}}
+    assert first.replicas == 3 and first.status["autoscaler"] == {"lowSince": NOW}
+    entries = [{"name": "default", **first.status}]
+    stored = {"pools": entries} if where == "pools" else {"plan": {"pools": entries}}
     later = ObjectMetrics(now=NOW + 61, error=None, pools={"default": PoolLive(3, tuple(
         ap.PodSample(name=f"p{i}", ready=True, kv_usage=0.05, running=1.0, waiting=0.0, sample_time=NOW + 61)
         for i in range(3)))})
@@ -84,7 +87,7 @@ def test_state_round_trips_through_status() -> None:
 def test_external_leaves_replicas_out_but_reports() -> None:
     out = scale_pools(spec("External"), plan(), live(5, 0.95), {})["default"]
     assert out.replicas is None
-    assert out.status["replicas"] == 5 and out.status["desiredReplicas"] == 6
+    assert out.status["currentReplicas"] == 5 and out.status["desiredReplicas"] == 6
 
 
 def test_prometheus_down_holds_and_says_so() -> None:
@@ -197,9 +200,10 @@ def status_with(replicas: int, decision: str | None, conds: list[dict[str, Any]]
     entry: dict[str, Any] = {"name": "default", "replicas": replicas, "gpuProduct": "H100-80GB",
                              "tensorParallelSize": 1, "pipelineParallelSize": 1, "maxModelLen": 8192,
                              "minContextTokens": 0, "maxNumSeqs": 256, "gpusPerReplica": 1}
+    status = {"replicas": replicas, "plan": {"feasible": True, "pools": [entry]}, "conditions": conds or []}
     if decision:
-        entry["decision"] = decision
-    return {"replicas": replicas, "plan": {"feasible": True, "pools": [entry]}, "conditions": conds or []}
+        status["pools"] = [{"name": "default", "desiredReplicas": replicas, "decision": decision}]
+    return status
 
 
 def test_scale_event_carries_the_decision() -> None:
@@ -233,3 +237,171 @@ def test_tick_fetches_each_url_once_and_drops_objects_that_are_gone() -> None:
     assert fetched == ["http://p1", "http://p2"]
     assert queued == [("a", "x"), ("b", "z")]
     assert ("a", "y") not in autoscaler.objects
+
+
+# --- status.pools[]: what is written, and when (issue 7 follow-up) ---
+
+
+def crd_pool_keys() -> set[str]:
+    from pathlib import Path
+
+    import yaml
+
+    crd_path = Path(__file__).resolve().parents[2] / "crds" / "modeldeployments.kvcap.io.yaml"
+    crd = yaml.safe_load(crd_path.read_text())
+    (version,) = crd["spec"]["versions"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    return set(status["pools"]["items"]["properties"])
+
+
+def test_pool_status_writes_exactly_the_crd_fields() -> None:
+    metrics = live(2, 0.95, kv_capacity_tokens=1_000_000.0, preemption_rate=0.5, waiting_capacity=3.0)
+    out = scale_pools(spec(), plan(), metrics, {})["default"]
+    assert {"name", *out.status} == crd_pool_keys()
+    assert out.status["plannedKvTokensPerReplica"] == 1_000_000
+    assert out.status["capacityWaiting"] == 6 and out.status["preemptionRate"] == 1.0
+    assert out.status["metricsTime"] == "2027-01-15T08:00:00Z"
+
+
+def live_at(now: float, replicas: int, usage: float) -> ObjectMetrics:
+    pods = tuple(ap.PodSample(name=f"p{i}", ready=True, kv_usage=usage, running=10.0, waiting=0.0,
+                              sample_time=now) for i in range(replicas))
+    return ObjectMetrics(now=now, error=None, pools={"default": PoolLive(replicas, pods)})
+
+
+@pytest.mark.parametrize(
+    ("later", "usage", "replicas", "rewritten"),
+    [
+        (15.0, 0.51, 2, False),  # figures moved, nothing else: keep the stored entry, no write
+        (59.0, 0.40, 2, False),
+        (60.0, 0.51, 2, True),  # the figures are a minute old: refresh them
+        (15.0, 0.95, 2, True),  # desired replicas change: written at once
+        (15.0, 0.51, 3, True),  # the workload's replicas changed (someone scaled): written
+        (15.0, 0.05, 2, True),  # demand went low: the policy state (lowSince) changed
+    ],
+)
+def test_status_entry_is_rewritten_only_when_it_matters(
+    later: float, usage: float, replicas: int, rewritten: bool
+) -> None:
+    first = scale_pools(spec(), plan(), live_at(NOW, 2, 0.5), {})["default"]
+    stored = {"pools": [{"name": "default", **first.status}]}
+    again = scale_pools(spec(), plan(), live_at(NOW + later, replicas, usage), stored)["default"]
+    assert (again.status != first.status) is rewritten, again.status
+    if not rewritten:
+        assert again.status["kvTokensInUse"] == first.status["kvTokensInUse"]
+
+
+def test_trend_is_kept_in_memory_not_in_status() -> None:
+    from kvcap.controller.scaling import scale_pools_with_state
+
+    out, states, _ = astuple_outcome(scale_pools_with_state(spec(), plan(), live_at(NOW, 2, 0.5), {}))
+    assert "trend" not in out["default"].status["autoscaler"]
+    assert states["default"].trend == ((NOW, pytest.approx(1_000_000 + 20 * 0.155 * 0.9 * 5000 / 2)),)
+    remembered = ObjectMetrics(now=NOW + 15, error=None, pools=live_at(NOW + 15, 2, 0.5).pools,
+                               memory=states)
+    states = scale_pools_with_state(spec(), plan(), remembered, {}).states
+    assert [t for t, _ in states["default"].trend] == [NOW, NOW + 15]
+
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+@pytest.mark.parametrize(
+    ("inventory", "gpus", "per_node", "other", "fits"),
+    [
+        (None, 1, 8, 0, None),  # no inventory: no cap
+        ({H100: [8, 8]}, 1, 8, 0, 16),
+        ({H100: [8, 8]}, 4, 8, 0, 4),
+        ({H100: [8, 6]}, 4, 8, 0, 3),  # a 6-GPU node fits one 4-GPU pod, not one and a half
+        ({H100: [8, 8]}, 4, 8, 2, 2),  # the other pool's 2 x 4 GPUs on the same product
+        ({H100: [8, 8], "NVIDIA-L4": [8]}, 1, 8, 0, 16),  # products the pool may not use
+        ({H100: [8, 8]}, 16, 8, 0, 1),  # a replica of two 8-GPU pods
+        ({}, 1, 8, 0, 0),  # no GPU node of the product at all
+    ],
+)
+def test_inventory_replicas(
+    inventory: dict[str, list[int]] | None, gpus: int, per_node: int, other: int, fits: int | None
+) -> None:
+    from kvcap.controller.scaling import inventory_replicas
+
+    two = plan(pool("default", gpus=gpus), pool("long", gpus=4))
+    got, text = inventory_replicas(
+        spec(gpu={"perNode": per_node}), two, two.pools[0], {"default": 1, "long": other}, inventory
+    )
+    assert got == fits
+    assert (text == "") is (inventory is None)
+
+
+def test_inventory_caps_scale_up_in_scale_pools() -> None:
+    metrics = ObjectMetrics(now=NOW, error=None, pools={"default": PoolLive(2, tuple(
+        sample(f"p{i}", 1.0, waiting_capacity=50.0) for i in range(2)))})
+    out = scale_pools(spec(), plan(), metrics, {}, {H100: [1, 1, 1]})["default"]
+    assert out.replicas == 3
+    assert "the node inventory (3 x NVIDIA-H100-80GB-HBM3 allocatable on Ready nodes) holds 3" in (
+        out.status["decision"])
+
+
+def test_live_pools_marks_unschedulable_pods() -> None:
+    pending = {"metadata": {"name": "c", "labels": {kc.LABEL_POOL: "default", kc.LABEL_ROLE: kc.ROLE_SERVER}},
+               "status": {"phase": "Pending", "conditions": [
+                   {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}}
+    pools = asc.live_pools(prom.Snapshot(time=NOW), "ns", "u1", [], [k8s_pod("a", "default", True), pending])
+    assert [(s.name, s.unschedulable) for s in pools["default"].pods] == [("a", False), ("c", True)]
+
+
+@pytest.mark.parametrize(
+    ("scales", "stored", "expected"),
+    [
+        ({"long": PoolScale(2, {"desiredReplicas": 2}), "default": PoolScale(1, {"desiredReplicas": 1})},
+         {}, [{"name": "default", "desiredReplicas": 1}, {"name": "long", "desiredReplicas": 2}]),
+        ({}, {"pools": [{"name": "default"}]}, None),  # autoscaling turned off: delete the list
+        ({}, {}, "absent"),  # never autoscaled: no field at all (the CRD's exact status)
+    ],
+)
+def test_status_pools_follow_the_plan(scales: dict[str, Any], stored: dict[str, Any], expected: Any) -> None:
+    from kvcap.controller.decide import _merge_pool_status
+
+    status: dict[str, Any] = {"plan": {"pools": [{"name": "default"}, {"name": "long"}]}}
+    _merge_pool_status(status, scales, stored)
+    assert status.get("pools", "absent") == expected
+
+
+def test_apply_scales_external_shows_the_replicas_it_has_and_zero_is_zero() -> None:
+    from kvcap.controller.decide import apply_scales
+
+    two = plan(pool("default", replicas=2), pool("long", replicas=1))
+    scaled, external = apply_scales(two, {"default": PoolScale(None, {"currentReplicas": 5}),
+                                          "long": PoolScale(0)})
+    assert [p.replicas for p in scaled.pools] == [5, 0] and external == {"default"}
+    assert scaled.total_gpus == 5
+
+
+def astuple_outcome(outcome: Any) -> tuple[Any, Any, Any]:
+    return outcome.scales, outcome.states, outcome.fresh
+
+
+@pytest.mark.parametrize(
+    ("sentence", "other", "same"),
+    [
+        ("KV demand 1.21M tokens ≤ 75 % of 2 × 1.00M = 1.50M → hold 2 replicas",
+         "KV demand 1.34M tokens ≤ 75 % of 2 × 1.00M = 1.50M → hold 2 replicas", True),
+        ("KV demand 1.21M tokens ≤ 75 % of 2 × 1.00M = 1.50M → hold 2 replicas",
+         "KV demand 1.21M tokens ≤ 75 % of 2 × 1.00M = 1.50M; 3 waiting for capacity, 0 preemptions/s"
+         " → hold 2 replicas", False),
+        ("KV demand 1.21M tokens ≤ 75 % of 2 × 1.00M = 1.50M → hold 2 replicas",
+         "Prometheus unavailable → hold 2 replicas", False),
+    ],
+)
+def test_decision_shape(sentence: str, other: str, same: bool) -> None:
+    from kvcap.controller.scaling import decision_shape
+
+    assert (decision_shape(sentence) == decision_shape(other)) is same
+
+
+def test_prometheus_going_away_is_written_at_once() -> None:
+    first = scale_pools(spec(), plan(), live_at(NOW, 2, 0.5), {})["default"]
+    stored = {"pools": [{"name": "default", **first.status}]}
+    down = ObjectMetrics(now=NOW + 5, error="connection refused", pools={"default": PoolLive(2, ())})
+    again = scale_pools(spec(), plan(), down, stored)["default"]
+    assert again.status["decision"].startswith("Prometheus unavailable")

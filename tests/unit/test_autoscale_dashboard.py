@@ -53,7 +53,7 @@ def test_every_kvcap_metric_the_dashboard_reads_is_exported() -> None:
     m = OperatorMetrics()
     m.record("ns", "md", {"default": PoolScale(2, {
         "currentReplicas": 2, "desiredReplicas": 3, "kvTokensInUse": 10, "kvTokensCapacity": 20,
-        "capacityWaitingRequests": 1, "preemptionsPerSecond": 0.5, "lastScaleTime": "2026-01-01T00:00:00Z",
+        "capacityWaiting": 1, "preemptionRate": 0.5, "lastScaleTime": "2026-01-01T00:00:00Z",
     }, {kc.METRICS_AVAILABLE: Check("True", kc.METRICS_CURRENT, "")})})
     text = m.render()
     exported = set(re.findall(r"^(kvcap_\w+)\{", text, re.M))

@@ -82,6 +82,18 @@ CASES = [
     # decode growth: 1000 running x 400/2 = 200k tokens on top of 1.3M in use -> 1.5M <= 1.5M
     ("decode-growth-counts", {}, obs(2, [pod(0, 0.65, running=500.0), pod(1, 0.65, running=500.0)]), p.PoolState(), 2, "hold", "KV demand 1.50M"),
     ("decode-growth-tips-over", {}, obs(2, [pod(0, 0.66, running=500.0), pod(1, 0.66, running=500.0)]), p.PoolState(), 3, "up", "KV demand 1.52M"),
+    # minReplicas 0: an idle pool steps down to zero after the window, and zero holds at zero
+    ("min-zero-scales-to-zero", {"min_replicas": 0}, obs(1, [pod(0, 0.0)]), p.PoolState(low_since=0.0), 0, "down", "→ 0 replicas"),
+    ("min-zero-holds-at-zero", {"min_replicas": 0}, obs(0, []), p.PoolState(), 0, "hold", "no KV or queue signal"),
+    # the node inventory of the allowed products holds 3 replicas: scale-up stops there
+    ("up-capped-by-inventory", {"inventory_replicas": 3, "inventory_text": "the node inventory (3 x H100 allocatable on Ready nodes)"}, obs(2, [pod(0, 1.0, waiting=200.0), pod(1, 1.0)]), p.PoolState(), 3, "up", "wanted 4; the node inventory (3 x H100 allocatable on Ready nodes) holds 3 replicas"),
+    ("inventory-full-holds", {"inventory_replicas": 2}, obs(2, [pod(0, 1.0), pod(1, 1.0)]), p.PoolState(), 2, "hold", "node inventory holds 2 replicas"),
+    # the inventory caps growth only: running replicas above it are never removed for it
+    ("inventory-never-scales-down", {"inventory_replicas": 1}, obs(3, [pod(0, 0.7), pod(1, 0.7), pod(2, 0.7)]), p.PoolState(), 3, "hold", "≤"),
+    # a Pending replica the scheduler cannot place is not capacity that is coming, and no more
+    # replicas are added while it waits for a GPU
+    ("unschedulable-stops-scale-up", {}, obs(3, [pod(0, 1.0, waiting=300.0), pod(1, 1.0), pod(2, NAN, ready=False, unschedulable=True)]), p.PoolState(), 3, "hold", "1 replica cannot be scheduled"),
+    ("unschedulable-only-holds", {}, obs(2, [pod(0, NAN, ready=False, unschedulable=True), pod(1, NAN, ready=False, unschedulable=True)]), p.PoolState(), 2, "hold", "2 replicas unschedulable"),
 ]
 
 

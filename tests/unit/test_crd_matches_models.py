@@ -219,6 +219,7 @@ def test_printer_columns() -> None:
     ready = '.status.conditions[?(@.type=="Ready")]'
     assert columns["Ready"]["jsonPath"] == f"{ready}.status"
     assert columns["Replicas"]["jsonPath"] == ".status.replicas"
+    assert columns["Available"]["jsonPath"] == ".status.readyReplicas"
     assert columns["GPUs"]["jsonPath"] == ".status.totalGpus"
     assert columns["Model"]["jsonPath"] == ".spec.model.name" and columns["Model"]["priority"] == 1
     assert columns["Message"]["jsonPath"] == f"{ready}.message"
@@ -231,7 +232,7 @@ def test_status_schema_is_what_the_operator_writes() -> None:
     status = root_schema(load_crd())["properties"]["status"]
     props = status["properties"]
     assert set(props) == {"observedGeneration", "replicas", "readyReplicas", "totalGpus",
-                          "lowerBoundGpus", "plan", "conditions"}
+                          "lowerBoundGpus", "plan", "pools", "conditions"}
     assert props["observedGeneration"]["format"] == "int64"
     for name in ("replicas", "readyReplicas", "totalGpus", "lowerBoundGpus"):
         assert props[name]["format"] == "int32", name
@@ -248,12 +249,21 @@ def test_status_schema_is_what_the_operator_writes() -> None:
         "readyReplicas", "gpusPerReplica", "maxModelLen", "minContextTokens", "maxNumSeqs",
         "kvTokensPerReplica", "kvCacheBytesPerGpu", "deploymentName", "serviceName",
         "gpuLabels", "vllmArgs", "gpuMemoryUtilization", "targetConcurrency", "concurrencyPerReplica",
-        # written by the autoscaler (kvcap.controller.scaling.pool_status)
-        "currentReplicas", "desiredReplicas", "kvTokensInUse", "kvTokensCapacity",
-        "observedKvTokensPerReplica", "capacityWaitingRequests", "preemptionsPerSecond",
-        "lastScaleTime", "decision", "autoscaler",
     }
     assert pool["kvTokensPerReplica"]["format"] == pool["kvCacheBytesPerGpu"]["format"] == "int64"
+    # status.pools[]: the autoscaler's per-pool state, where users read it
+    # (kvcap.controller.scaling.pool_status writes exactly these keys, plus the pool's name)
+    auto = props["pools"]
+    assert auto["x-kubernetes-list-type"] == "map"
+    assert auto["x-kubernetes-list-map-keys"] == ["name"] and auto["maxItems"] == 4
+    entry = auto["items"]["properties"]
+    assert set(entry) == {
+        "name", "currentReplicas", "desiredReplicas", "kvTokensInUse", "kvTokensCapacity",
+        "plannedKvTokensPerReplica", "observedKvTokensPerReplica", "capacityWaiting",
+        "preemptionRate", "lastScaleTime", "decision", "metricsTime", "autoscaler",
+    }
+    assert set(entry["autoscaler"]["properties"]) == {"lowSince", "lastScaleTime"}
+    assert entry["lastScaleTime"]["format"] == entry["metricsTime"]["format"] == "date-time"
     conditions = props["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]

@@ -89,12 +89,13 @@ def test_decide(spec: dict[str, Any], config: ModelConfig | None, plan: Any, mod
     ({}, 2, {}),
     ({"default": PoolScale(5, {"desiredReplicas": 5})}, 5, {"desiredReplicas": 5}),
     ({"default": PoolScale(None)}, None, {}),  # External: replicas left out of the Deployment
+    ({"default": PoolScale(0, {"desiredReplicas": 0})}, 0, {"desiredReplicas": 0}),  # to zero
 ])
 def test_decide_scale_override(scales: dict[str, PoolScale], replicas: int | None,
                                status_extra: dict[str, Any]) -> None:
     seen: list[Any] = []
 
-    def scale(spec: Any, plan: CapacityPlan, metrics: object, stored: Any) -> Any:
+    def scale(spec: Any, plan: CapacityPlan, metrics: object, stored: Any, inventory: Any) -> Any:
         seen.append(metrics)
         return scales
 
@@ -105,7 +106,7 @@ def test_decide_scale_override(scales: dict[str, PoolScale], replicas: int | Non
     (dep,) = [o for o in decision.desired if o["kind"] == "Deployment"]
     assert dep["spec"].get("replicas") == replicas
     report = assess(obs, decision, ActOutcome(Check("True", "Applied", "")), "change", policy)
-    pool = report.status["plan"]["pools"][0]
+    pool = (report.status.get("pools") or [{}])[0]  # the autoscaler's entry: status.pools[]
     for key, value in status_extra.items():
         assert pool[key] == value
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kvcap.api import constants as kc
@@ -105,6 +106,10 @@ class ScalingSpec:
     kv_tokens_per_replica: int  # the plan's figure; used until servers report their own
     gpus_per_replica: int = 1
     gpu_budget: int | None = None  # GPUs this pool may hold in total (None: no limit)
+    # Replicas the Ready nodes of the allowed GPU products can hold for this pool (allocatable
+    # GPUs, less what the object's other pools take; None: no node inventory). Caps scale-up only.
+    inventory_replicas: int | None = None
+    inventory_text: str = "the node inventory"  # what `inventory_replicas` counted, for messages
     startup_seconds: float = 600.0  # pod creation -> Ready, for the look-ahead
     length: LengthModel
     max_num_seqs: int | None = None  # the plan's `--max-num-seqs` per replica (None: not used)
@@ -150,6 +155,9 @@ class PodSample:
     preemption_rate: float = NAN  # rate(vllm:num_preemptions_total)
     prefix_cache_hit_rate: float = NAN  # rate(hits) / rate(queries), 0..1
     sample_time: float = NAN  # time of the newest KV-usage sample (the clock of `now`)
+    # Pending with PodScheduled=False/Unschedulable: not capacity that is coming (no GPU is free
+    # for it), and a sign that more replicas would not be placed either.
+    unschedulable: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -362,11 +370,14 @@ def check_metrics(spec: ScalingSpec, obs: PoolObservation) -> MetricsVerdict:
             continue  # no timestamp known: freshness cannot be judged, the sample is taken as is
         age = obs.now - pod.sample_time
         if age > spec.stale_after_seconds:
+            # The sample's own time, not its growing age: the message stays the same from tick
+            # to tick, so a stale pool does not rewrite the status every tick.
+            taken = datetime.fromtimestamp(pod.sample_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             return MetricsVerdict(
                 "False",
                 METRICS_STALE,
-                f"the newest sample of 'vllm:kv_cache_usage_perc' for pod '{pod.name}' is "
-                f"{age:.0f}s old (more than {spec.stale_after_seconds:g}s)",
+                f"the newest sample of 'vllm:kv_cache_usage_perc' for pod '{pod.name}' was "
+                f"taken at {taken}, more than {spec.stale_after_seconds:g}s ago",
             )
     return MetricsVerdict(
         "True",
@@ -392,6 +403,23 @@ def _clamp(n: int, lower: int, upper: int) -> int:
     return max(lower, min(n, upper)) if upper >= lower else upper
 
 
+def _scale_up_limit(spec: ScalingSpec, current: int, unschedulable: int) -> tuple[int, str]:
+    """Most replicas a scale-up may reach besides max/budget, and why (never below `current`:
+    the inventory caps growth, it never removes running replicas)."""
+    limit, why = spec.upper_bound, ""
+    if spec.inventory_replicas is not None and spec.inventory_replicas < limit:
+        limit = max(current, spec.inventory_replicas)
+        why = f"{spec.inventory_text} holds {_plural(spec.inventory_replicas)}"
+    if unschedulable and current < limit:
+        limit = current
+        them = "it" if unschedulable == 1 else "them"
+        why = (
+            f"{_plural(unschedulable)} cannot be scheduled (no free GPU of the allowed "
+            f"products): no more replicas until the scheduler places {them}"
+        )
+    return limit, why
+
+
 def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decision:
     """Desired replicas of one pool for this tick. Pure: same inputs, same decision."""
     now = obs.now
@@ -404,7 +432,10 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
 
     ready = [p for p in obs.pods if p.ready]
     n_ready = len(ready)
-    starting = max(0, current - n_ready)
+    # Unschedulable replicas are not capacity that is coming: no GPU is free for them.
+    n_unschedulable = sum(1 for p in obs.pods if p.unschedulable and not p.ready)
+    starting = max(0, current - n_ready - n_unschedulable)
+    up_limit, up_why = _scale_up_limit(spec, current, n_unschedulable)
 
     def bounded_hold(why: str, figures: Figures, new_state: PoolState) -> Decision:
         desired = _clamp(current, lower, upper)
@@ -441,11 +472,15 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
     if metrics.reason == PROMETHEUS_UNAVAILABLE:
         return bounded_hold("Prometheus unavailable", empty, replace(state, low_since=None))
     if metrics.reason == NO_READY_REPLICAS:
-        why = (
-            f"{_plural(starting)} starting, none Ready yet"
-            if current
-            else "no replica to measure (scale-from-zero needs an external trigger)"
-        )
+        if not current:
+            why = (
+                "no replica to measure: with no vLLM server there is no KV or queue signal "
+                "(scale from zero by setting the workload's replicas, e.g. `kubectl scale`)"
+            )
+        elif n_unschedulable:
+            why = f"{_plural(n_unschedulable)} unschedulable, none Ready yet"
+        else:
+            why = f"{_plural(starting)} starting, none Ready yet"
         return bounded_hold(why, empty, replace(state, low_since=None))
 
     # --- measure (missing values count as zero: a lower bound on demand) ---
@@ -540,17 +575,22 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
         if pressure and starting == 0:
             whys.append(pressure_text)
         why = "; ".join(whys)
-        desired = _clamp(need, lower, upper)
+        desired = _clamp(need, lower, min(upper, up_limit))
         if desired > current:
-            capped = f" (wanted {need}; maxReplicas/GPU budget)" if desired < need else ""
+            capped = (
+                f" (wanted {need}; {up_why or 'maxReplicas/GPU budget'})" if desired < need else ""
+            )
             return decided(
                 "up",
                 desired,
                 f"{why} {TO} {_plural(desired)}{capped}",
                 replace(new_state, low_since=None, last_scale_time=now),
             )
+        limit = f"the maxReplicas/GPU budget limit is {upper}"
+        if up_limit < upper:
+            limit = up_why
         return bounded_hold(
-            f"{why}, wants {_plural(need)} but the maxReplicas/GPU budget limit is {upper}",
+            f"{why}, wants {_plural(need)} but {limit}",
             figures,
             replace(new_state, low_since=None),
         )

@@ -23,6 +23,7 @@ Settings (environment, read when the operator starts):
 | KVCAP_PROMETHEUS_RATE_WINDOW | 2m | `rate()` window (at least 4 scrape intervals) |
 | KVCAP_AUTOSCALE_INTERVAL_SECONDS | 15 | the tick |
 | KVCAP_AUTOSCALE_STARTUP_SECONDS | 300 | replica start-up time the policy looks ahead by |
+| KVCAP_AUTOSCALE_STATUS_REFRESH_SECONDS | 60 | status.pools[] figures: at most this often |
 | KVCAP_METRICS_PORT | 8090 | the operator's own metrics (kvcap_pool_*); 'Disabled' turns it off |
 
 (*) 'ClusterLocal': http(s) to `*.svc[.cluster.local]` Service names or loopback; 'None': no
@@ -38,16 +39,24 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kvcap.api import constants as kc
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.autoscale import prometheus as prom
-from kvcap.controller.decide import PoolScale
+from kvcap.autoscale.policy import PoolState
+from kvcap.controller.decide import PoolScale, unschedulable_pods
 from kvcap.controller.exporter import OperatorMetrics
 from kvcap.controller.render import owner_selector
-from kvcap.controller.scaling import STARTUP_SECONDS, ObjectMetrics, PoolLive, scale_pools
+from kvcap.controller.scaling import (
+    REFRESH_SECONDS,
+    STARTUP_SECONDS,
+    Inventory,
+    ObjectMetrics,
+    PoolLive,
+    scale_pools_with_state,
+)
 
 _log = logging.getLogger("kvcap.autoscaler")
 _WINDOW = re.compile(r"^[0-9]+(ms|s|m|h)$")
@@ -68,6 +77,7 @@ class AutoscaleSettings:
     interval_seconds: float = 15.0
     startup_seconds: float = STARTUP_SECONDS
     metrics_port: int | None = 8090  # the operator's own /metrics (None: off)
+    refresh_seconds: float = REFRESH_SECONDS  # figures in status.pools[] at most this often
 
 
 def parse_autoscale_settings(env: Mapping[str, str]) -> AutoscaleSettings:
@@ -117,6 +127,7 @@ def parse_autoscale_settings(env: Mapping[str, str]) -> AutoscaleSettings:
         interval_seconds=number("KVCAP_AUTOSCALE_INTERVAL_SECONDS", 15.0, 0.5),
         startup_seconds=number("KVCAP_AUTOSCALE_STARTUP_SECONDS", STARTUP_SECONDS, 0.0),
         metrics_port=_port(env.get("KVCAP_METRICS_PORT", "8090")),
+        refresh_seconds=number("KVCAP_AUTOSCALE_STATUS_REFRESH_SECONDS", REFRESH_SECONDS, 0.0),
     )
 
 
@@ -167,6 +178,8 @@ def live_pools(
             spec_replicas = (obj.get("spec") or {}).get("replicas")
             replicas[pool] = int(spec_replicas) if spec_replicas is not None else 1
     samples: dict[str, list[Any]] = {}
+    pods = list(pods)
+    unschedulable = {name for name, _ in unschedulable_pods(pods)}
     for pod in pods:
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
@@ -178,9 +191,10 @@ def live_pools(
             "Failed",
         ):
             continue
-        samples.setdefault(pool, []).append(
-            prom.pod_sample(snapshot, namespace, meta["name"], _pod_ready(pod))
-        )
+        sample = prom.pod_sample(snapshot, namespace, meta["name"], _pod_ready(pod))
+        if meta["name"] in unschedulable:
+            sample = replace(sample, unschedulable=True)
+        samples.setdefault(pool, []).append(sample)
     return {
         pool: PoolLive(
             replicas.get(pool), tuple(sorted(samples.get(pool, ()), key=lambda s: s.name))
@@ -212,6 +226,7 @@ class Autoscaler:
     view: PodSource | None = None
     snapshots: dict[str, prom.Snapshot] = field(default_factory=dict)
     objects: dict[Key, str] = field(default_factory=dict)  # autoscaled (ns, name) -> its URL
+    memory: dict[Key, dict[str, PoolState]] = field(default_factory=dict)  # policy state (trend)
     queries_sent: int = 0
     ticks: int = 0
     exporter: OperatorMetrics = field(default_factory=lambda: OperatorMetrics())
@@ -244,13 +259,23 @@ class Autoscaler:
             plan: Any,
             metrics: object | None,
             stored_status: Mapping[str, Any],
+            inventory: Inventory | None = None,
         ) -> Mapping[str, PoolScale]:
-            out = scale_pools(
-                spec, plan, metrics, stored_status, startup_seconds=self.settings.startup_seconds
+            outcome = scale_pools_with_state(
+                spec,
+                plan,
+                metrics,
+                stored_status,
+                inventory,
+                startup_seconds=self.settings.startup_seconds,
+                refresh_seconds=self.settings.refresh_seconds,
             )
             if isinstance(metrics, ObjectMetrics) and metrics.name:
-                self.exporter.record(metrics.namespace, metrics.name, out)
-            return out
+                key = (metrics.namespace, metrics.name)
+                if key in self.objects:  # not forgotten meanwhile
+                    self.memory[key] = outcome.states
+                self.exporter.record(metrics.namespace, metrics.name, outcome.fresh)
+            return outcome.scales
 
         return scale
 
@@ -316,6 +341,7 @@ class Autoscaler:
 
     def forget(self, namespace: str, name: str) -> None:
         self.objects.pop((namespace, name), None)
+        self.memory.pop((namespace, name), None)
         self.exporter.forget(namespace, name)
 
     async def _pods_and_workloads(
@@ -342,13 +368,21 @@ class Autoscaler:
             return None
         url, rejected = resolve_url(self.settings, spec)
         self.objects[key] = url
+        memory = self.memory.get(key, {})
         if rejected is not None:
-            return ObjectMetrics(now=time.time(), error=rejected, namespace=key[0], name=key[1])
+            return ObjectMetrics(
+                now=time.time(), error=rejected, namespace=key[0], name=key[1], memory=memory
+            )
         snap = await self.snapshot(url)
         children, pods = await self._pods_and_workloads(*key)
         pools = live_pools(snap, key[0], meta["uid"], children, pods)
         return ObjectMetrics(
-            now=time.time(), error=snap.error, pools=pools, namespace=key[0], name=key[1]
+            now=time.time(),
+            error=snap.error,
+            pools=pools,
+            namespace=key[0],
+            name=key[1],
+            memory=memory,
         )
 
 

@@ -19,11 +19,11 @@ Extension points (filled by other parts of kvcap; each is optional and off when 
 
 (a) Autoscaling. `Observation.metrics` carries a per-object metrics snapshot (whatever
     `kvcap.autoscale` reads from Prometheus; decide never looks inside it), and `Policy.scale`,
-    a pure `ScaleFn(spec, plan, metrics, stored_status) -> {pool name: PoolScale}`, overrides
-    each pool's replicas after planning. `PoolScale.replicas` is the desired count, or None for
+    a pure `ScaleFn(spec, plan, metrics, stored_status, inventory) -> {pool name: PoolScale}`,
+    overrides each pool's replicas after planning (the inventory caps its scale-ups). `PoolScale.replicas` is the desired count, or None for
     the `External` policy: then `replicas` is left out of the applied Deployment or
-    LeaderWorkerSet so another controller (an HPA, KEDA) owns it. `PoolScale.status` is merged
-    into that pool's entry of `status.plan.pools`.
+    LeaderWorkerSet so another controller (an HPA, KEDA) owns it. `PoolScale.status` becomes
+    that pool's entry of `status.pools[]`.
 (b) Pod failures. `Observation.pools` maps each pool to a `PoolRuntime`: the raw workload
     object (Deployment or LeaderWorkerSet, with its status and conditions) and the raw pods of
     that pool (with their container statuses). `Policy.classify`, a pure
@@ -286,7 +286,8 @@ class PoolScale:
 
 
 ScaleFn = Callable[
-    [ModelDeploymentSpec, CapacityPlan, object | None, Mapping[str, Any]], Mapping[str, PoolScale]
+    [ModelDeploymentSpec, CapacityPlan, object | None, Mapping[str, Any], Inventory | None],
+    Mapping[str, PoolScale],
 ]
 ClassifyFn = Callable[[Mapping[str, PoolRuntime]], Check | None]
 
@@ -564,16 +565,20 @@ def run_planner(
 def apply_scales(
     plan: CapacityPlan, scales: Mapping[str, PoolScale]
 ) -> tuple[CapacityPlan, frozenset[str]]:
-    """The plan with each pool's replicas overridden; the pools whose replicas are External."""
+    """The plan with each pool's replicas overridden (0 included: `minReplicas: 0` scales a pool
+    to zero); the pools whose replicas are External (their plan shows the replicas they have,
+    `currentReplicas` of the pool's status entry)."""
     external = frozenset(name for name, s in scales.items() if s.replicas is None)
-    pools = tuple(
-        replace(pool, replicas=scales[pool.name].replicas or pool.replicas)
-        if pool.name in scales and scales[pool.name].replicas is not None
-        else pool
-        for pool in plan.pools
-    )
+    pools = []
+    for pool in plan.pools:
+        scale = scales.get(pool.name)
+        replicas = None if scale is None else scale.replicas
+        if scale is not None and replicas is None:
+            current = scale.status.get("currentReplicas")
+            replicas = current if isinstance(current, int) else None
+        pools.append(pool if replicas is None else replace(pool, replicas=replicas))
     total = sum(p.total_gpus for p in pools)
-    return replace(plan, pools=pools, total_gpus=total), external
+    return replace(plan, pools=tuple(pools), total_gpus=total), external
 
 
 def _drop_replicas(obj: dict[str, Any], pools: frozenset[str]) -> dict[str, Any]:
@@ -747,7 +752,7 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     scales: Mapping[str, PoolScale] = {}
     external: frozenset[str] = frozenset()
     if runnable is not None and policy.scale is not None:
-        scales = dict(policy.scale(spec, runnable, obs.metrics, obs.stored_status))
+        scales = dict(policy.scale(spec, runnable, obs.metrics, obs.stored_status, obs.inventory))
         runnable, external = apply_scales(runnable, scales)
         plan = runnable
     if spec.paused:
@@ -765,11 +770,20 @@ def decide(obs: Observation, policy: Policy) -> Decision:
     return Decision(spec, plan, planned, "apply", desired=tuple(desired), scales=scales)
 
 
-def _merge_pool_status(status: dict[str, Any], scales: Mapping[str, PoolScale]) -> None:
-    for pool in (status.get("plan") or {}).get("pools") or ():
-        extra = scales.get(pool.get("name"))
-        if extra is not None:
-            pool.update(extra.status)
+def _merge_pool_status(
+    status: dict[str, Any], scales: Mapping[str, PoolScale], stored: Mapping[str, Any]
+) -> None:
+    """`status.pools[]`: the autoscaler's entry per pool, in plan order (None removes a stored
+    list, a merge patch's delete, when autoscaling was turned off)."""
+    entries = [
+        {"name": pool.get("name"), **scales[pool["name"]].status}
+        for pool in (status.get("plan") or {}).get("pools") or ()
+        if pool.get("name") in scales and scales[pool["name"]].status
+    ]
+    if entries:
+        status["pools"] = entries
+    elif stored.get("pools"):
+        status["pools"] = None
 
 
 def assess(
@@ -814,7 +828,7 @@ def assess(
         failure=pod_failure,
     )
     pin_status(status, obs.obj, decision.plan)
-    _merge_pool_status(status, decision.scales)
+    _merge_pool_status(status, decision.scales, obs.stored_status)
     status["conditions"] = autoscaling_conditions(
         status["conditions"],
         [s.checks for s in decision.scales.values() if s.checks],

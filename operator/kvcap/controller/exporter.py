@@ -100,12 +100,12 @@ class OperatorMetrics:
         for metric, field_name, help_text in (
             (
                 "kvcap_pool_capacity_waiting_requests",
-                "capacityWaitingRequests",
+                "capacityWaiting",
                 "Requests waiting for KV blocks or batch slots.",
             ),
             (
                 "kvcap_pool_preemptions_per_second",
-                "preemptionsPerSecond",
+                "preemptionRate",
                 "Preemptions per second (KV exhaustion).",
             ),
         ):
