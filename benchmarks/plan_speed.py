@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from kvcap.api.models import parse_manifest  # noqa: E402
+from kvcap.api.models import ModelDeploymentSpec, parse_manifest  # noqa: E402
 from kvcap.capacity.catalog import get_gpu  # noqa: E402
 from kvcap.capacity.configs import load_model  # noqa: E402
 from kvcap.capacity.memory import ServeArgs, estimate  # noqa: E402
@@ -28,6 +28,18 @@ ESTIMATES = [
     ("deepseek-ai/DeepSeek-V3", "H200-141GB", ServeArgs(max_model_len=32768, tensor_parallel_size=8)),
     ("openai/gpt-oss-120b", "H100-80GB", ServeArgs(max_model_len=131072, tensor_parallel_size=2)),
     ("google/gemma-3-27b-it", "L40S", ServeArgs(max_model_len=16384, tensor_parallel_size=2)),
+]
+
+
+INFEASIBLE = [
+    ("infeasible: 405B on L4, 4 per node", {
+        "model": {"name": "meta-llama/Llama-3.1-405B-Instruct"},
+        "workload": {"maxContextTokens": 131072, "targetConcurrency": 1},
+        "gpu": {"products": ["L4"], "perNode": 4}}),
+    ("infeasible: 70B on L4/A10G, 1 per node", {
+        "model": {"name": "meta-llama/Llama-3.1-70B-Instruct"},
+        "workload": {"maxContextTokens": 131072, "targetConcurrency": 1},
+        "gpu": {"products": ["L4", "A10G"], "perNode": 1}}),
 ]
 
 
@@ -73,6 +85,18 @@ def main() -> None:
         print(f"{path.name:<45} {med:>10.1f} {worst:>8.1f} {gpus:>5}")
         med, worst, gpus = bench_plan(path, all_gpus=True)
         print(f"{path.name + ' (all catalog GPUs)':<45} {med:>10.1f} {worst:>8.1f} {gpus:>5}")
+    # Infeasible specs: the planner re-estimates what would fit (hints.what_would_fit over the
+    # allowed GPUs, their shapes and every larger catalog GPU) before it answers.
+    for name, doc in INFEASIBLE:
+        spec = ModelDeploymentSpec.model_validate(doc)
+        plan_deployment(spec)
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            plan = plan_deployment(spec)
+            times.append((time.perf_counter() - t) * 1000)
+        assert not plan.feasible, name
+        print(f"{name:<45} {statistics.median(times):>10.1f} {max(times):>8.1f} {'-':>5}")
     print()
     print(f"whole CLI process (`kvcap plan -f {examples[0].name}`, cold start): "
           f"{bench_cold_cli(examples[0]):.0f} ms")

@@ -77,8 +77,12 @@ def _longest_len(arch: ModelArch, gpu: Gpu, est: Estimate, args: ServeArgs,
     (vLLM's own estimate when that is 1)."""
     if min_concurrency <= 1.0:
         return est.estimated_max_model_len
+    if est.estimated_max_model_len <= 0:
+        return 0
     given = replace(args, kv_cache_memory_bytes=max(0, est.available_kv_bytes))
-    lo, hi, best = 1, args.max_model_len or arch.max_position_embeddings, 0
+    # holding `min_concurrency` requests never allows more than holding one
+    lo, hi, best = 1, min(args.max_model_len or arch.max_position_embeddings,
+                          est.estimated_max_model_len), 0
     while lo <= hi:
         mid = (lo + hi) // 2
         if estimate(arch, gpu, replace(given, max_model_len=mid)).max_concurrency \
@@ -170,6 +174,8 @@ def what_would_fit(arch: ModelArch, gpu: Gpu, args: ServeArgs, gpus: Sequence[Gp
             est = estimate(arch, gpu, a)
         except KvcapError:
             continue
+        if est.available_kv_bytes <= 0 or est.num_blocks <= 0:
+            continue  # the weights and overheads alone do not fit: no context length helps
         longest = _longest_len(arch, gpu, est, a, min_concurrency)
         if 0 < longest < base_len:
             shorter = replace(a, max_model_len=longest)
