@@ -372,16 +372,17 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     # (`arch.replicated_weights` cites vLLM); everything else is split by TP x PP.
     rep_q, rep_d = arch.replicated_parameters, arch.replicated_dtype_parameters
     body_params = max(0, arch.num_parameters - arch.embedding_parameters - rep_q - rep_d)
-    quantized = not (method is None or bits is None or bits >= 16)
-    if not quantized:
+    quantized, q_bytes = False, float(wb)
+    if method is None or bits is None or bits >= 16:
         body: float = body_params * wb
     elif method == "mxfp4" and arch.expert_parameters:
+        quantized = True
         pad = MXFP4_EXPERT_FACTOR
         body = arch.expert_parameters * bits / 8 * pad + (body_params - arch.expert_parameters) * wb
     else:
+        quantized, q_bytes = True, bits / 8
         vision = arch.vision_parameters
         body = (body_params - vision) * bits / 8 + vision * wb
-    q_bytes = bits / 8 if quantized and bits is not None and method != "mxfp4" else wb
     replicated = rep_q * q_bytes + rep_d * wb
     # MLA backends dequantize kv_b_proj into W_UK/W_UV (model dtype) beside the quantized weight.
     absorbed = arch.mla_absorbed_parameters * wb if quantized else 0
