@@ -226,6 +226,8 @@ def spec_change(fit: Fit, base: ServeArgs) -> str:
         changes.append(f"`vllm.maxNumSeqs: {fit.max_num_seqs}`")
     shape = f"TP {fit.tensor_parallel_size}" + (
         f" PP {fit.pipeline_parallel_size}" if fit.pipeline_parallel_size > 1 else "")
-    return (f"{' + '.join(changes) or 'the same spec'} -> {fit.gpus} x {fit.gpu} per replica "
+    if not changes:  # a shape the planner's own search does not try (it pipelines full-node TP)
+        changes.append(f"TP {fit.tensor_parallel_size} x PP {fit.pipeline_parallel_size}")
+    return (f"{' + '.join(changes)} -> {fit.gpus} x {fit.gpu} per replica "
             f"({shape}, {fit.cost_gib:.0f} GiB provisioned, {fit.max_concurrency:.2f}x concurrency "
             f"at {fit.max_model_len:,} tokens)")
