@@ -133,3 +133,27 @@ def test_planner_infeasible_names_re_estimated_configs_cheapest_first(
     for hint in hints:
         again = plan_deployment(spec_cls.model_validate(_apply(doc, hint)))
         assert again.feasible, (hint, again.message)
+
+
+@pytest.mark.parametrize(("fit", "expected"), [
+    (dict(kind="another-gpu", gpu="H100-80GB", tensor_parallel_size=2, pipeline_parallel_size=1,
+          kv_cache_dtype="auto", max_model_len=8192, gpus=2, cost_gib=158.0, max_concurrency=3.5),
+     "`gpu.products: [H100-80GB]` -> 2 x H100-80GB per replica (TP 2, 158 GiB provisioned, 3.50x"),
+    (dict(kind="fp8-kv", gpu="L4", tensor_parallel_size=4, pipeline_parallel_size=2,
+          kv_cache_dtype="fp8", max_model_len=8192, gpus=8, cost_gib=180.0, max_concurrency=1.2),
+     "`vllm.kvCacheDtype: FP8` -> 8 x L4 per replica (TP 4 PP 2,"),
+    (dict(kind="shorter-context", gpu="L4", tensor_parallel_size=1, pipeline_parallel_size=8,
+          kv_cache_dtype="auto", max_model_len=32912, gpus=8, cost_gib=180.0, max_concurrency=1.1),
+     "`workload.maxContextTokens: 32912` -> 8 x L4 per replica (TP 1 PP 8,"),
+    (dict(kind="fewer-seqs", gpu="H100-80GB", tensor_parallel_size=1, pipeline_parallel_size=1,
+          kv_cache_dtype="auto", max_model_len=8192, gpus=1, cost_gib=79.0, max_concurrency=1.0,
+          max_num_seqs=565),
+     "`vllm.maxNumSeqs: 565` -> 1 x H100-80GB per replica (TP 1,"),
+    (dict(kind="pipeline-parallel", gpu="L4", tensor_parallel_size=2, pipeline_parallel_size=3,
+          kv_cache_dtype="auto", max_model_len=8192, gpus=6, cost_gib=135.0, max_concurrency=1.0),
+     "TP 2 x PP 3 -> 6 x L4 per replica"),
+])
+def test_spec_change_names_the_spec_fields(fit, expected):
+    from kvcap.capacity.hints import Fit, spec_change
+    base = ServeArgs(max_model_len=8192 if fit["kind"] != "shorter-context" else 131072)
+    assert spec_change(Fit(**fit), base).startswith(expected)
