@@ -238,7 +238,7 @@ def test_status_schema_is_what_the_operator_writes() -> None:
         assert props[name]["format"] == "int32", name
     plan = props["plan"]["properties"]
     assert set(plan) == {"feasible", "reason", "message", "splitDecision", "vllmVersion", "pools",
-                         "plannedGeneration", "replanToken"}
+                         "plannedGeneration", "replanToken", "modelBytes"}
     assert plan["feasible"]["type"] == "boolean"
     pools = plan["pools"]
     assert pools["x-kubernetes-list-type"] == "map"

@@ -264,3 +264,33 @@ def test_model_names_with_dot_dot_segments_are_rejected(name: str) -> None:
 @pytest.mark.parametrize("name", [MODEL, "/models/llama", "acme/v1..2", "gpt2"])
 def test_ordinary_model_names_pass(name: str) -> None:
     assert make_spec(model={"name": name}).model.name == name
+
+
+def test_a_hub_models_weights_size_its_pods_and_stay_pinned_with_the_plan() -> None:
+    """A model outside the catalog: its config.json (as the Hub serves it) sizes the startup budget;
+    a later, pinned reconcile reads no config.json and renders the very same pods."""
+    import json
+    from pathlib import Path
+
+    from operator_factories import make_plan as plan_of
+    from test_decide import md, observation, planner
+
+    from kvcap.controller.conditions import Check
+    from kvcap.controller.decide import ActOutcome, ModelConfig, Policy, assess, decide
+
+    data = Path(podspec.__file__).resolve().parents[1] / "capacity" / "data" / "models"
+    config = json.loads((data / "deepseek-ai--DeepSeek-V3.json").read_text())["config"]
+    spec = {"model": {"name": "acme/deepseek-v3-finetune"},
+            "workload": {"maxContextTokens": 8192, "targetConcurrency": 8}}
+    policy = Policy(plan_fn=planner(plan_of(make_pool(gpus_per_replica=8,
+                                                      tensor_parallel_size=8, replicas=1))))
+    first = observation(md(spec), config=ModelConfig(config=config))
+    decision = decide(first, policy)
+    probe = decision.desired[0]["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] > 6000  # ~680 GB at 100 MiB/s
+    status = assess(first, decision, ActOutcome(Check("True", "Applied", "")), "change",
+                    policy).status
+    assert status["plan"]["modelBytes"] > 600 * 10**9
+
+    pinned = decide(observation(md(spec, status=status)), policy)  # no config this time
+    assert pinned.desired == decision.desired

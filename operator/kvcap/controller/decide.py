@@ -60,7 +60,7 @@ from kvcap.controller.conditions import (
     status_changed,
     transition_events,
 )
-from kvcap.controller.podspec import note_unmodelled_flags
+from kvcap.controller.podspec import note_unmodelled_flags, with_model_bytes
 from kvcap.controller.render import (
     Features,
     Owner,
@@ -659,7 +659,11 @@ def pinned_plan(obj: Mapping[str, Any]) -> CapacityPlan | None:
         )
     except (KeyError, TypeError, ValueError):  # written by an older kvcap: plan again
         return None
-    extra = {"vllm_version": stored["vllmVersion"]} if stored.get("vllmVersion") else {}
+    extra: dict[str, Any] = (
+        {"vllm_version": stored["vllmVersion"]} if stored.get("vllmVersion") else {}
+    )
+    if isinstance(stored.get("modelBytes"), int) and stored["modelBytes"] > 0:
+        extra["model_bytes"] = stored["modelBytes"]  # the pods' sizes stay pinned too
     return CapacityPlan(
         feasible=True,
         reason=str(stored.get("reason") or kc.PLAN_FITS),
@@ -690,6 +694,9 @@ def pin_status(status: dict[str, Any], obj: Mapping[str, Any], plan: CapacityPla
         entry["gpuMemoryUtilization"] = pool.gpu_memory_utilization
         entry["targetConcurrency"] = pool.target_concurrency
         entry["concurrencyPerReplica"] = round(pool.concurrency_per_replica, 3)
+    model_bytes = plan.extra.get("model_bytes") if plan is not None else None
+    if isinstance(model_bytes, int) and model_bytes > 0:
+        stored["modelBytes"] = model_bytes
 
 
 APPLIED_HASH_ANNOTATION = f"{kc.ANNOTATION_PREFIX}/applied-hash"
@@ -747,6 +754,8 @@ def decide(obs: Observation, policy: Policy) -> Decision:
         )
         if plan is not None and planned.ok:
             planned = check_multi_node(spec, plan, policy.render.features) or planned
+        if plan is not None:  # pinned with the plan: a pinned reconcile reads no config.json
+            plan = with_model_bytes(plan, spec, obs.model_config.config)
     planned = note_unmodelled_flags(planned, spec)
     runnable = plan if (plan is not None and planned.ok) else None
     scales: Mapping[str, PoolScale] = {}
@@ -763,7 +772,9 @@ def decide(obs: Observation, policy: Policy) -> Decision:
             "Unknown", kc.NOT_PLANNED, "no runnable plan: existing children are left as they are"
         )
         return Decision(spec, plan, planned, "hold", hold=hold, scales=scales)
-    desired = render_children(obs.owner, spec, runnable, policy.render)
+    desired = render_children(
+        obs.owner, spec, runnable, policy.render, model_bytes=runnable.extra.get("model_bytes")
+    )
     if external:
         desired = [_drop_replicas(o, external) for o in desired]
     desired = [stamp_applied_hash(o) for o in desired]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kvcap.api import constants as kc
@@ -41,7 +41,7 @@ from kvcap.api.models import QUANTIZATION_FLAG, ModelDeploymentSpec, parse_quant
 from kvcap.capacity import catalog
 from kvcap.capacity.configs import load_model
 from kvcap.capacity.memory import weight_bytes_per_gpu
-from kvcap.capacity.plan_types import PoolPlan
+from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
 from kvcap.controller.conditions import Check
 
 GIB = 2**30
@@ -73,6 +73,17 @@ class PodPolicy:
 
 
 # --- sizes ---
+
+
+def with_model_bytes(
+    plan: CapacityPlan, spec: ModelDeploymentSpec, config: Mapping[str, Any] | None
+) -> CapacityPlan:
+    """`plan` carrying the checkpoint's weight bytes in `extra["model_bytes"]` (when known), so that
+    they are pinned with it: later reconciles of a pinned plan read no config.json."""
+    model_bytes = model_weight_bytes(spec, config)
+    if not model_bytes:
+        return plan
+    return replace(plan, extra={**plan.extra, "model_bytes": model_bytes})
 
 
 def model_weight_bytes(spec: ModelDeploymentSpec, config: Mapping[str, Any] | None) -> int | None:
