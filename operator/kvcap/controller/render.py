@@ -448,9 +448,9 @@ def render_children(
     """Every child of a feasible plan in a fixed order: workloads, Services, PDBs, extras.
 
     `model_bytes`: the checkpoint's weight bytes, which size the startup budget, host memory and
-    disk. None: the built-in catalog's figure for `spec.model.name` (podspec.model_weight_bytes),
-    else fixed defaults. Deliberately not from a fetched config.json: a pinned plan reads no
-    config, and the pod template must not change with it."""
+    disk; decide passes the figure pinned with the plan (`status.plan.modelBytes`, so the pods do
+    not change when a pinned reconcile reads no config.json). None: the built-in catalog's
+    figure for `spec.model.name` (podspec.model_weight_bytes), else fixed defaults."""
     if not plan.feasible:
         return []
     if model_bytes is None:
