@@ -12,7 +12,13 @@ then measures, in the operator's own code paths (`Autoscaler.snapshot` -> `live_
    decision to scale that pool, ticking every --tick seconds; the patch itself is one
    server-side apply (the e2e test `test_autoscale_operator.py` prints the whole path, patch
    included, as "[kvcap-operator timing] saturated: KV pressure -> 3 replicas (patched)");
-3. Prometheus down: how long a tick takes, and whether any pool's replicas change.
+3. Prometheus down: how long a tick takes, and whether any pool's replicas change;
+4. status writes per minute: every object reconciled every tick through the operator's own
+   `decide.decide` -> `decide.assess` (a write is `Report.changed`, the stored status then merged as
+   the apiserver's merge patch would), under a load that moves every tick but keeps the replicas.
+   `--status-writes-only` runs just this part (no Prometheus); KVCAP_BENCH_OPERATOR_DIR=DIR runs it
+   against another source tree (e.g. `git archive <commit> operator | tar -x -C /tmp/old`) for a
+   before/after comparison.
 Prints tables; nothing is asserted (figures, not tests).
 """
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import random
 import shutil
 import sys
 import tempfile
@@ -28,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, os.environ.get("KVCAP_BENCH_OPERATOR_DIR") or str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import prometheus_fixture  # noqa: E402
@@ -36,9 +44,16 @@ from prometheus_fixture import PrometheusServer  # noqa: E402
 
 from kvcap.api.models import ModelDeploymentSpec  # noqa: E402
 from kvcap.autoscale.emulator import EmulatedServer, Levels, Scenario, ServerConfig  # noqa: E402
+from kvcap.autoscale.policy import PodSample  # noqa: E402
 from kvcap.capacity.plan_types import CapacityPlan, PoolPlan  # noqa: E402
 from kvcap.controller.autoscaler import Autoscaler, AutoscaleSettings, live_pools  # noqa: E402
-from kvcap.controller.scaling import ObjectMetrics  # noqa: E402
+from kvcap.controller.conditions import Check  # noqa: E402
+from kvcap.controller.decide import ActOutcome, ModelConfig, Observation, Policy, assess, decide  # noqa: E402
+from kvcap.controller.render import Features  # noqa: E402
+from kvcap.controller.scaling import (
+    ObjectMetrics,
+    PoolLive,
+)
 
 CAPACITY = 131_072
 IDLE = Levels(kv_usage=0.3, running=10)
@@ -105,6 +120,83 @@ def decide_all(autoscaler: Autoscaler, snap: Any, fleet: Fleet, pools: list[str]
     return out
 
 
+def merge_patch(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the apiserver applies the operator's status patch."""
+    out = dict(stored)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def status_writes(objects: int, minutes: float, tick: float, refresh: float, seed: int = 7) -> tuple[int, int]:
+    """(status writes, reconciles) of `objects` autoscaled ModelDeployments (2 pools x 2 replicas)
+    reconciled every `tick` seconds for `minutes`, KV usage drawn from 0.40-0.50 each tick (no trend:
+    2 replicas stay right), running 10-30 requests."""
+    rng = random.Random(seed)
+    pools = ["default", "long"]
+    plan = CapacityPlan(True, "PlanFits", "ok", "m", pools=tuple(pool_plan(p, 2) for p in pools))
+    spec = {
+        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "workload": {"maxContextTokens": 8192, "targetConcurrency": 128},
+        "autoscaling": {"policy": "KVHeadroom", "minReplicas": 1, "maxReplicas": 8,
+                        "targetKvUtilizationPercent": 75, "scaleDownDelaySeconds": 300},
+    }
+    settings = AutoscaleSettings(prometheus_url="http://127.0.0.1:9")
+    if "refresh_seconds" in AutoscaleSettings.__dataclass_fields__:
+        settings = AutoscaleSettings(prometheus_url="http://127.0.0.1:9", refresh_seconds=refresh)
+    autoscaler = Autoscaler(settings)
+    policy = Policy(plan_fn=lambda *a, **k: plan, scale=autoscaler.scale)
+    has_memory = "memory" in ObjectMetrics.__dataclass_fields__
+    stored: dict[str, dict[str, Any]] = {}
+    replicas = {(f"md{i:04d}", p): 2 for i in range(objects) for p in pools}
+    usage = {(f"md{i:04d}", p): 0.45 for i in range(objects) for p in pools}
+    writes = reconciles = 0
+    t0 = 1_800_000_000.0
+    from datetime import UTC, datetime
+
+    for step in range(int(minutes * 60 / tick)):
+        now = t0 + step * tick
+        for i in range(objects):
+            name = f"md{i:04d}"
+            key = ("bench", name)
+            live = {}
+            children = []
+            for pool in pools:
+                n = replicas[(name, pool)]
+                usage[(name, pool)] = rng.uniform(0.40, 0.50)
+                live[pool] = PoolLive(n, tuple(
+                    PodSample(name=f"{name}-{pool}-{r}", ready=True, kv_usage=usage[(name, pool)],
+                              running=float(rng.randint(10, 30)), waiting=0.0, sample_time=now)
+                    for r in range(n)))
+                children.append({"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "metadata": {"name": f"{name}-{pool}", "generation": 1,
+                                              "labels": {"kvcap.io/pool": pool},
+                                              "ownerReferences": [{"uid": name, "controller": True}]},
+                                 "spec": {"replicas": n},
+                                 "status": {"observedGeneration": 1, "readyReplicas": n, "updatedReplicas": n}})
+            extra = {"memory": autoscaler.memory.get(key, {})} if has_memory else {}
+            autoscaler.objects[key] = settings.prometheus_url
+            metrics = ObjectMetrics(now=now, error=None, pools=live, namespace="bench", name=name, **extra)
+            obj = {"metadata": {"name": name, "namespace": "bench", "uid": name, "generation": 1},
+                   "spec": spec, "status": stored.get(name, {})}
+            obs = Observation(obj, Features(), None, ModelConfig(), tuple(children), (),
+                              datetime.fromtimestamp(now, UTC), metrics)
+            decision = decide(obs, policy)
+            report = assess(obs, decision, ActOutcome(Check("True", "Applied", "")), "resync", policy)
+            reconciles += 1
+            if report.changed:
+                writes += 1
+                stored[name] = merge_patch(stored.get(name, {}), report.status)
+            for pool in decision.plan.pools if decision.plan else ():
+                replicas[(name, pool.name)] = pool.replicas
+    return writes, reconciles
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--objects", type=int, default=100)
@@ -112,7 +204,14 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--scrape", default="5s", help="Prometheus scrape interval")
     ap.add_argument("--tick", type=float, default=1.0, help="autoscaler tick for the pressure test")
+    ap.add_argument("--status-writes-only", action="store_true",
+                    help="only part 4 (status writes per minute; no Prometheus)")
+    ap.add_argument("--writes-objects", type=int, default=1000)
+    ap.add_argument("--writes-minutes", type=float, default=10.0)
     args = ap.parse_args()
+    if args.status_writes_only:
+        print_status_writes(args.writes_objects, args.writes_minutes)
+        return
     pools = ["default", "long"][: args.pools]
     prometheus_fixture.SCRAPE_INTERVAL = args.scrape
     workdir = Path(tempfile.mkdtemp(prefix="kvcap-bench-"))
@@ -185,10 +284,27 @@ def main() -> None:
         print("| error | tick wall ms | tick CPU ms | pools whose replicas changed |")
         print("|---|---:|---:|---:|")
         print(f"| {(snap.error or '')[:40]}... | {(w1 - w0) * 1000:.0f} | {(c1 - c0) * 1000:.0f} | {changed} |")
+        print_status_writes(args.writes_objects, args.writes_minutes)
     finally:
         prom.stop()
         fleet.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_status_writes(objects: int, minutes: float) -> None:
+    print(f"\n## Status writes: {objects} ModelDeployments x 2 pools, 15 s tick, {minutes:g} min, "
+          f"a load that moves every tick (source: {sys.path[1]})")
+    print("| figures refreshed | reconciles | status writes | writes per minute | per object per minute |")
+    print("|---|---:|---:|---:|---:|")
+    refreshes = [0.0, 60.0] if "refresh_seconds" in AutoscaleSettings.__dataclass_fields__ else [0.0]
+    for refresh in refreshes:
+        c0 = time.process_time()
+        writes, reconciles = status_writes(objects, minutes, 15.0, refresh)
+        label = "every tick" if refresh == 0 else f"at most every {refresh:g} s"
+        if "refresh_seconds" not in AutoscaleSettings.__dataclass_fields__:
+            label = "(this source tree has no throttle)"
+        print(f"| {label} | {reconciles} | {writes} | {writes / minutes:.0f} | "
+              f"{writes / minutes / objects:.2f} |  ({time.process_time() - c0:.0f} s CPU)")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import devcluster
 import pytest
-from operator_helpers import Api, condition, report, small_spec, wait_for
+from operator_helpers import L4, Api, condition, report, small_spec, wait_for
 
 from kvcap.api import constants as kc
 from kvcap.autoscale.emulator import Levels, ServerConfig
@@ -50,13 +51,19 @@ class Fleet:
         self.thread = threading.Thread(target=self.follower.run, args=(self.stop_event, 0.3), daemon=True)
 
     def config_for(self, pod: dict[str, Any]) -> ServerConfig:
+        """The pod's server reports the plan's KV capacity (x factor). A pod can appear before the
+        operator has written the plan into status (it applies the Deployment first): wait for it."""
         labels = pod["metadata"]["labels"]
-        md = self.api.md(self.ns, labels[kc.LABEL_MODEL_DEPLOYMENT]) or {}
-        for entry in ((md.get("status") or {}).get("plan") or {}).get("pools") or ():
-            if entry["name"] == labels[kc.LABEL_POOL]:
-                tokens = int(entry["kvTokensPerReplica"] * self.factor)
-                return ServerConfig(kv_cache_size_tokens=tokens, num_gpu_blocks=tokens // 16)
-        return ServerConfig()
+        deadline = time.monotonic() + 10
+        while True:
+            md = self.api.md(self.ns, labels[kc.LABEL_MODEL_DEPLOYMENT]) or {}
+            for entry in ((md.get("status") or {}).get("plan") or {}).get("pools") or ():
+                if entry["name"] == labels[kc.LABEL_POOL]:
+                    tokens = int(entry["kvTokensPerReplica"] * self.factor)
+                    return ServerConfig(kv_cache_size_tokens=tokens, num_gpu_blocks=tokens // 16)
+            if time.monotonic() > deadline:
+                return ServerConfig()
+            time.sleep(0.1)
 
     def __enter__(self) -> Fleet:
         self.thread.start()
@@ -238,3 +245,123 @@ def test_external_leaves_a_hand_set_replica_count_alone(
     assert plan_pool(api, ns)["replicas"] == 3 and status["currentReplicas"] == 3
     assert "fits 1 replica" in status["decision"]  # what KVHeadroom would act on, reported only
     assert (api.md(ns, "llama") or {})["metadata"]["generation"] == md_before["metadata"]["generation"]
+
+
+ZERO = Levels(kv_usage=0.0, running=0)  # nothing running, nothing cached: demand is zero
+FLOOD = Levels(kv_usage=0.97, running=20, waiting_capacity=200, preemptions_per_second=1.0)
+
+
+def scale_by_hand(api: Api, ns: str, n: int) -> None:
+    """What `kubectl scale` does: the scale subresource, with its own field manager."""
+    api.call(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{ns}/deployments/llama-default/scale?fieldManager=kubectl-scale",
+        {"spec": {"replicas": n}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def test_min_replicas_zero_scales_an_idle_pool_to_zero_and_a_hand_scale_wakes_it(
+    kvcap_api: Api, prometheus: Any, op_namespace: str, fleet: Fleet
+) -> None:
+    api, ns = kvcap_api, op_namespace
+    fleet.levels["default"] = ZERO
+    api.create_md(ns, "llama", autoscaled(prometheus.url, minReplicas=0))
+    wait_replicas(api, ns, 2)
+    wait_replicas(api, ns, 1)
+    t0 = time.monotonic()
+    wait_replicas(api, ns, 0)  # one step per window, down to zero
+    assert time.monotonic() - t0 >= DELAY - 1
+    status = wait_decision(api, ns, "no KV or queue signal")
+    assert status["desiredReplicas"] == status["currentReplicas"] == 0
+    md = api.md(ns, "llama") or {}
+    assert md["status"]["replicas"] == 0 and md["status"]["totalGpus"] == 0
+    # scale from zero: with no server there is no signal; a hand scale wakes the pool, and kvcap
+    # keeps the woken replica for the low-demand window before it steps down again
+    scale_by_hand(api, ns, 1)
+    time.sleep(DELAY - 2)
+    assert replicas(api, ns) == 1
+    wait_replicas(api, ns, 0)
+
+
+def test_status_is_written_when_it_matters_not_every_tick(
+    kvcap_api: Api, prometheus: Any, op_namespace: str, fleet: Fleet
+) -> None:
+    """A 1 s tick under a load that moves every half second but keeps 2 replicas: the figures
+    are refreshed at most once a minute, so the object is (almost) not written at all."""
+    api, ns = kvcap_api, op_namespace
+    fleet.levels["default"] = BUSY
+    api.create_md(ns, "llama", autoscaled(prometheus.url))
+    wait_condition(api, ns, kc.METRICS_AVAILABLE, "True", kc.METRICS_CURRENT)
+    wait_for("a decision in status.pools", lambda: pool_status(api, ns).get("decision"), 30)
+    time.sleep(3)  # the first figures and the capacity check settle
+    versions: list[str] = []
+    seconds, i = 15.0, 0
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        fleet.levels["default"] = Levels(kv_usage=0.5 + 0.05 * (i % 3), running=16 + i % 5)
+        version = (api.md(ns, "llama") or {})["metadata"]["resourceVersion"]
+        if not versions or versions[-1] != version:
+            versions.append(version)
+        i += 1
+        time.sleep(0.5)
+    writes = len(versions) - 1
+    report(f"status writes in {seconds:.0f} s of a moving load at a 1 s tick: {writes}", seconds)
+    assert replicas(api, ns) == 2
+    assert writes <= 1, f"{writes} writes of the ModelDeployment in {seconds:.0f} s"
+
+
+def blocker_pod(gpus: int) -> dict[str, Any]:
+    """A pod that holds `gpus` L4 GPUs: the cluster's only L4 node allocates 4."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpu-blocker"},
+        "spec": {
+            "nodeSelector": {devcluster.LABEL_PRODUCT: L4},
+            "tolerations": [devcluster.KWOK_TOLERATION],
+            "containers": [{"name": "hold", "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"limits": {devcluster.GPU_RESOURCE: str(gpus)}}}],
+        },
+    }
+
+
+def test_scale_up_stops_at_what_the_gpu_inventory_can_schedule(
+    kvcap_api: Api, prometheus: Any, op_namespace: str, fleet: Fleet
+) -> None:
+    """Llama 3.1 8B plans as 1 x TP 2 on L4; the L4 node has 4 GPUs, 2 held by another pod. Under a
+    flood the pool grows to 2 replicas (what the inventory holds), the second stays Pending, and
+    kvcap adds nothing more (maxReplicas is 4) and says why; when the GPUs come free the pending
+    replica runs, and the inventory still caps the pool at 2."""
+    api, ns = kvcap_api, op_namespace
+    pods = f"/api/v1/namespaces/{ns}/pods"
+    api.create(pods, blocker_pod(2))
+    wait_for("the blocker on the L4 node",
+             lambda: ((api.get(f"{pods}/gpu-blocker") or {}).get("spec") or {}).get("nodeName"), 60)
+    fleet.levels["default"] = FLOOD
+    spec = autoscaled(prometheus.url, maxReplicas=4)
+    spec["gpu"] = {"products": ["L4"]}
+    spec["workload"]["targetConcurrency"] = 8
+    api.create_md(ns, "llama", spec)
+    assert plan_pool_wait(api, ns)["gpusPerReplica"] == 2
+    wait_replicas(api, ns, 2)
+    status = wait_decision(api, ns, "cannot be scheduled")
+    assert "1 replica cannot be scheduled" in status["decision"], status["decision"]
+    time.sleep(5)
+    assert replicas(api, ns) == 2, "scaled up past what the nodes can schedule"
+    api.call("DELETE", f"{pods}/gpu-blocker?gracePeriodSeconds=0")
+    status = wait_decision(api, ns, "node inventory")  # both replicas Ready, the cap stays
+    assert "4 x NVIDIA-L4 allocatable on Ready nodes) holds 2 replicas" in status["decision"]
+    assert replicas(api, ns) == 2
+
+
+def wait_decision(api: Api, ns: str, fragment: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        status = pool_status(api, ns)
+        return status if fragment in status.get("decision", "") else None
+
+    return wait_for(f"a decision with '{fragment}'", check, TIMEOUT)  # type: ignore[no-any-return]
+
+
+def plan_pool_wait(api: Api, ns: str) -> dict[str, Any]:
+    return wait_for("a plan", lambda: plan_pool(api, ns).get("gpusPerReplica") and plan_pool(api, ns), 60)  # type: ignore[no-any-return]

@@ -405,3 +405,11 @@ def test_prometheus_going_away_is_written_at_once() -> None:
     down = ObjectMetrics(now=NOW + 5, error="connection refused", pools={"default": PoolLive(2, ())})
     again = scale_pools(spec(), plan(), down, stored)["default"]
     assert again.status["decision"].startswith("Prometheus unavailable")
+
+
+def test_decision_shape_ignores_the_look_ahead_figure() -> None:
+    from kvcap.controller.scaling import decision_shape
+
+    plain = "KV demand 118k tokens ≤ 75 % of 2 × 131k = 197k → hold 2 replicas"
+    ahead = "KV demand 156k tokens (incl. 30k trend look-ahead) ≤ 75 % of 2 × 131k = 197k → hold 2 replicas"
+    assert decision_shape(plain) == decision_shape(ahead)

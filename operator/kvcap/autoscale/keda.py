@@ -31,7 +31,7 @@ from typing import Any
 from kvcap.api import constants as kc
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.autoscale.policy import length_model_for
-from kvcap.autoscale.prometheus import either
+from kvcap.autoscale.promql import either
 from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
 
 KEDA_API_VERSION = "keda.sh/v1alpha1"

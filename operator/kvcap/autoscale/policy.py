@@ -410,7 +410,7 @@ def _scale_up_limit(spec: ScalingSpec, current: int, unschedulable: int) -> tupl
     if spec.inventory_replicas is not None and spec.inventory_replicas < limit:
         limit = max(current, spec.inventory_replicas)
         why = f"{spec.inventory_text} holds {_plural(spec.inventory_replicas)}"
-    if unschedulable and current < limit:
+    if unschedulable and current <= limit:  # the more telling reason when both bind
         limit = current
         them = "it" if unschedulable == 1 else "them"
         why = (

@@ -16,8 +16,9 @@ selector reads both naming generations and both spellings of the prefix:
   `metric_relabel_configs` rule `vllm_(.+)` -> `vllm:$1` (docs/autoscaling.md) or Prometheus 3.x
   restores the names; kvcap copes either way.
 
-The queries use `prometheus-api-client` (`PrometheusConnect.custom_query`), which is blocking:
-the operator calls `fetch` in a thread.
+The PromQL itself is built by the pure `kvcap.autoscale.promql` (re-exported here), which
+`kvcap export keda` shares. The queries use `prometheus-api-client`
+(`PrometheusConnect.custom_query`), which is blocking: the operator calls `fetch` in a thread.
 """
 
 from __future__ import annotations
@@ -35,56 +36,9 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from kvcap.autoscale.policy import NAN, PodSample
+from kvcap.autoscale.promql import RATE_WINDOW, build_queries, either
 
 PodKey = tuple[str, str]  # (namespace, pod)
-
-RATE_WINDOW = "2m"  # >= 4 scrape intervals of 15-30 s, so rate() always has two samples
-
-
-def either(*names: str, selector: str = "") -> str:
-    """`a{sel} or vllm_a{sel} or b{sel} or ...`: each vLLM name in both prefix spellings."""
-    terms: list[str] = []
-    for name in names:
-        bare = name.removeprefix("vllm:")
-        terms += [f"vllm:{bare}{selector}", f"vllm_{bare}{selector}"]
-    return " or ".join(terms)
-
-
-def either_rate(*names: str, window: str = RATE_WINDOW) -> str:
-    terms: list[str] = []
-    for name in names:
-        bare = name.removeprefix("vllm:")
-        terms += [f"rate(vllm:{bare}[{window}])", f"rate(vllm_{bare}[{window}])"]
-    return " or ".join(terms)
-
-
-_USAGE = either("kv_cache_usage_perc", "gpu_cache_usage_perc")
-_CAPACITY_WAITING = either("num_requests_waiting_by_reason", selector='{reason="capacity"}')
-CACHE_LABELS = ("engine", "num_gpu_blocks", "block_size", "kv_cache_size_tokens")
-
-
-def build_queries(rate_window: str = RATE_WINDOW) -> dict[str, str]:
-    """signal -> PromQL. One query each per tick, whatever the number of pods and objects."""
-    hits = either_rate("prefix_cache_hits_total", "gpu_prefix_cache_hits_total", window=rate_window)
-    queries = either_rate(
-        "prefix_cache_queries_total", "gpu_prefix_cache_queries_total", window=rate_window
-    )
-    preemptions = either_rate("num_preemptions_total", window=rate_window)
-    return {
-        "kv_usage": f"avg by (namespace, pod) ({_USAGE})",
-        "sample_time": f"max by (namespace, pod) (timestamp({_USAGE}))",
-        "running": f"sum by (namespace, pod) ({either('num_requests_running')})",
-        "waiting": f"sum by (namespace, pod) ({either('num_requests_waiting')})",
-        "waiting_capacity": f"sum by (namespace, pod) ({_CAPACITY_WAITING})",
-        "preemption_rate": f"sum by (namespace, pod) ({preemptions})",
-        "prefix_cache_hit_rate": (
-            f"sum by (namespace, pod) ({hits}) / sum by (namespace, pod) ({queries})"
-        ),
-        "cache_config": (
-            f"max by (namespace, pod, {', '.join(CACHE_LABELS)}) ({either('cache_config_info')})"
-        ),
-    }
-
 
 QUERIES = build_queries()
 

@@ -162,13 +162,14 @@ def _parse_time(text: Any) -> float | None:
 
 
 _NUMBER = re.compile(r"[0-9][0-9.,]*[kM]?")
+_LOOKAHEAD = re.compile(r" \(incl\. [^)]* trend look-ahead\)")  # a figure, whether 0 or not
 
 
 def decision_shape(sentence: Any) -> str:
     """The decision with its numbers masked: a new shape is a new kind of decision (pressure
     appeared, Prometheus went away, a limit was hit) and is written at once; new numbers in the
     same shape are figures."""
-    return _NUMBER.sub("#", str(sentence or ""))
+    return _NUMBER.sub("#", _LOOKAHEAD.sub("", str(sentence or "")))
 
 
 def settle(
