@@ -286,3 +286,36 @@ def test_router_is_replicated_in_model_dtype_and_bf16_mla_has_no_second_copy():
     from dataclasses import replace
     assert with_absorb == weight_bytes_per_gpu(replace(lite, mla_absorbed_parameters=0), 2, 1, None)
     assert with_absorb > weight_bytes_per_gpu(lite, 1, 1, "fp8") / 2  # fp8 adds the bf16 copy
+
+
+@pytest.mark.parametrize(("patterns", "name", "hit"), [
+    (["model.layers.3.self_attn.kv_b_proj"], "model.layers.3.self_attn.kv_b_proj", True),
+    (["model.layers.3.self_attn.kv_b_proj"], "model.layers.30.self_attn.kv_b_proj", False),
+    (["model.layers.*.self_attn"], "model.layers.7.self_attn.q_proj", True),  # a module's children
+    (["model.layers.0.self_attn.indexer*"], "model.layers.0.self_attn.indexer.wq_b", True),
+    (["re:.*self_attn.(q|k)_proj$"], "model.layers.5.self_attn.k_proj", True),
+    (["re:.*self_attn.(q|k)_proj$"], "model.layers.5.self_attn.v_proj", False),
+    (["lm_head"], "model.layers.0.self_attn.q_proj", False),
+])
+def test_ignore_lists_match_like_vllm(patterns, name, hit):
+    from kvcap.capacity.arch import _matches
+    assert _matches(name, patterns) is hit
+
+
+def test_ignored_attention_stays_in_model_dtype():
+    """nvidia/DeepSeek-V3.2-NVFP4 (hf_quant_config.json) keeps q_a/q_b/kv_a/kv_b and the indexer
+    in bf16; vLLM logged 48.62 GiB per B200 at TP 8 (openshift-psap records, v0.18). A 4.5-bit
+    estimate of those projections missed by 3 GiB."""
+    from dataclasses import replace
+
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.memory import weight_bytes_per_gpu
+
+    arch = load_model("nvidia/DeepSeek-V3.2-NVFP4")
+    assert arch.ignored_parameters > 0 and arch.ignored_replicated_parameters > 0
+    assert arch.mla_absorbed_parameters == 0  # kv_b_proj is bf16: W_UK/W_UV are views
+    got = weight_bytes_per_gpu(arch, 8, 1, None) / GIB
+    as_if_quantized = weight_bytes_per_gpu(
+        replace(arch, ignored_parameters=0, ignored_replicated_parameters=0), 8, 1, None) / GIB
+    assert abs(got - 48.62) < 0.5 < abs(as_if_quantized - 48.62)
+    assert load_model("deepseek-ai/DeepSeek-V3.2").ignored_parameters == 0

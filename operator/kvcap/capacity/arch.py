@@ -6,6 +6,8 @@ slide), the rule and its source are noted next to the code.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +88,11 @@ class ModelArch:
     # MLA's absorbed up-projections: kv_b_proj dequantized to the model dtype (W_UK, W_UV), kept
     # beside the quantized kv_b_proj on quantized checkpoints; split by TP like the heads.
     mla_absorbed_parameters: int = 0
+    # Attention projections the checkpoint's quantization_config leaves unquantized (`ignore` /
+    # `exclude_modules`): loaded in the model dtype. Split like the body / held whole (the MLA
+    # down-projections and the DSA indexer's wq_b) respectively; see `ignored_attention`.
+    ignored_parameters: int = 0
+    ignored_replicated_parameters: int = 0
 
     @property
     def num_attention_layers(self) -> int:
@@ -307,6 +314,78 @@ def replicated_weights(cfg: dict[str, Any], n_layers: int,
             rep_dtype += n_layers * hidden * (dim + n_head)
             indexer = n_layers * (q_lora * dim * n_head + hidden * (dim + n_head))
     return rep_q, rep_dtype, absorbed, indexer
+
+
+def _ignore_patterns(config: dict[str, Any]) -> list[str]:
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict):
+        return []
+    raw = qc.get("ignore") or qc.get("exclude_modules") or qc.get("modules_to_not_convert") or []
+    return [str(x) for x in raw] if isinstance(raw, list) else []
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """A module name against an ignore list: modelopt's fnmatch globs, compressed-tensors' 're:'
+    regexes and plain names (which also match their submodules)."""
+    for pat in patterns:
+        if pat.startswith("re:"):
+            if re.match(pat[3:], name):
+                return True
+        elif fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(name, pat + ".*"):
+            return True
+    return False
+
+
+def ignored_attention(config: dict[str, Any], cfg: dict[str, Any], kinds: tuple[str, ...],
+                      heads: int, kv_heads: int, head_dim: int) -> tuple[int, int, bool]:
+    """(split, replicated) attention parameters the checkpoint keeps unquantized, and whether every
+    MLA layer's kv_b_proj is among them. vLLM builds a layer with no quantization when its prefix is
+    in the checkpoint's ignore list (modelopt `exclude_modules`, compressed-tensors `ignore`:
+    `is_layer_skipped` in vllm/model_executor/layers/quantization/), so those weights load in the
+    model dtype. E.g. nvidia/DeepSeek-V3.2-NVFP4 keeps q_a/q_b/kv_a/kv_b and the indexer in bf16
+    (its hf_quant_config.json) -- 2.6 GiB per B200 at TP 8 that a 4.5-bit estimate misses."""
+    patterns = _ignore_patterns(config)
+    if not patterns:
+        return 0, 0, False
+    hidden = int(cfg["hidden_size"])
+    split: dict[str, int] = {}
+    replicated: dict[str, int] = {}
+    if cfg.get("kv_lora_rank"):
+        kv_lora, rope = int(cfg["kv_lora_rank"]), int(cfg.get("qk_rope_head_dim", 64))
+        nope, v_dim = int(cfg["qk_nope_head_dim"]), int(cfg["v_head_dim"])
+        q_lora = int(cfg.get("q_lora_rank") or 0)
+        if q_lora:
+            replicated["q_a_proj"] = hidden * q_lora
+            split["q_b_proj"] = q_lora * heads * (nope + rope)
+        else:
+            split["q_proj"] = hidden * heads * (nope + rope)
+        replicated["kv_a_proj_with_mqa"] = hidden * (kv_lora + rope)
+        split["kv_b_proj"] = kv_lora * heads * (nope + v_dim)
+        split["o_proj"] = heads * v_dim * hidden
+        if cfg.get("index_topk") and cfg.get("index_head_dim") and q_lora:
+            replicated["indexer.wq_b"] = q_lora * int(cfg["index_head_dim"]) * int(
+                cfg.get("index_n_heads", 64))
+    else:
+        split.update(q_proj=hidden * heads * head_dim, k_proj=hidden * kv_heads * head_dim,
+                     v_proj=hidden * kv_heads * head_dim, o_proj=heads * head_dim * hidden)
+    n_split = n_rep = 0
+    kv_b_all, mla_layers = True, 0
+    prefix = "model.language_model.layers" if any(
+        "language_model" in p for p in patterns) else "model.layers"
+    for i, kind in enumerate(kinds):
+        if kind not in (FULL, SLIDING, CHUNKED, MLA):
+            continue
+        base = f"{prefix}.{i}.self_attn"
+        for mod, n in split.items():
+            if _matches(f"{base}.{mod}", patterns):
+                n_split += n
+            elif mod == "kv_b_proj":
+                kv_b_all = False
+        for mod, n in replicated.items():
+            if _matches(f"{base}.{mod}", patterns):
+                n_rep += n
+        mla_layers += kind == MLA
+    return n_split, n_rep, bool(mla_layers) and kv_b_all
 
 
 def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
@@ -546,6 +625,10 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
     quant_method, quant_bits = _quant(config)
     rep_q, rep_dtype, absorbed, indexer = replicated_weights(cfg, n_layers, n_experts)
     total += indexer  # neither the shapes above nor the model cards' counts include it
+    ign_split, ign_rep, kv_b_unquantized = ignored_attention(
+        config, cfg, kinds, heads, int(kv_heads), attn_head_dim)
+    if kv_b_unquantized:
+        absorbed = 0  # W_UK/W_UV are views of a model-dtype kv_b_proj
     return ModelArch(
         name=name,
         model_type=str(cfg.get("model_type") or config.get("model_type") or ""),
@@ -584,4 +667,6 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
         replicated_parameters=rep_q,
         replicated_dtype_parameters=rep_dtype,
         mla_absorbed_parameters=absorbed,
+        ignored_parameters=ign_split,
+        ignored_replicated_parameters=ign_rep,
     )

@@ -381,9 +381,12 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
         body = arch.expert_parameters * bits / 8 * pad + (body_params - arch.expert_parameters) * wb
     else:
         quantized, q_bytes = True, bits / 8
-        vision = arch.vision_parameters
-        body = (body_params - vision) * bits / 8 + vision * wb
-    replicated = rep_q * q_bytes + rep_d * wb
+        # the vision tower and the attention projections the checkpoint's ignore list names stay
+        # in the model dtype (`arch.ignored_attention`)
+        keep = arch.vision_parameters + arch.ignored_parameters
+        body = (body_params - keep) * bits / 8 + keep * wb
+    ign_rep = arch.ignored_replicated_parameters if quantized else 0
+    replicated = (rep_q - ign_rep) * q_bytes + ign_rep * wb + rep_d * wb
     # MLA backends dequantize kv_b_proj into W_UK/W_UV (model dtype) beside the quantized weight.
     absorbed = arch.mla_absorbed_parameters * wb if quantized else 0
     embed_on_stage = embed if pp == 1 else embed / 2
