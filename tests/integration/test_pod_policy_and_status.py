@@ -91,7 +91,7 @@ def test_a_service_named_vllm_does_not_reach_the_vllm_container(
 
 @pytest.mark.timeout(300)
 def test_pods_are_admitted_under_baseline_and_fail_visibly_under_restricted(
-    kvcap_api: Api, fresh_namespace: Any
+    kvcap_api: Api, kvcap_operator: Any, fresh_namespace: Any
 ) -> None:
     """Pod Security admission is the apiserver's own (PodSecurity plugin, on by default):
     `baseline` admits kvcap's pods; `restricted` (runAsNonRoot, seccomp) rejects them, and the
@@ -108,6 +108,8 @@ def test_pods_are_admitted_under_baseline_and_fail_visibly_under_restricted(
         if level == "baseline":
             md = md_when(api, ns, "llama", "Ready", "True")
             assert md["status"]["readyReplicas"] == 2
+            # the weights that size the pods are stored (not pruned) and pinned with the plan
+            assert md["status"]["plan"]["modelBytes"] > 15 * 10**9
             assert is_current(md, kc.STALLED, "False")
         else:
             md = md_when(api, ns, "llama", kc.STALLED, "True", kc.FAILED_CREATE)
