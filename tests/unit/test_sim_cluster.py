@@ -185,3 +185,25 @@ def test_cli_plot_without_matplotlib_says_how_to_install(
                  str(tmp_path)])
     assert code == 2
     assert "pip install 'kvcap[sim]'" in capsys.readouterr().err
+
+
+def test_kvcap_adapter_builds_the_scaling_spec_the_operator_builds() -> None:
+    """The simulator's kvcap policy feeds `decide` the same ScalingSpec as the operator's
+    controller (kvcap/controller/scaling.py), start-up time aside (the simulator passes the pool's
+    modelled start-up; the operator a setting)."""
+    from dataclasses import replace as dc_replace
+
+    from kvcap.capacity.planner import plan_deployment
+    from kvcap.controller.scaling import scaling_spec
+    from kvcap.sim.policies import Kvcap
+    from kvcap.sim.run import make_policy, pool_setups
+
+    spec = _spec()
+    plan = plan_deployment(spec)
+    setups = pool_setups(spec, plan, load_model(spec.model.name), _trace(), None)
+    policy = make_policy("kvcap", spec, setups, {}, SimOptions())
+    assert isinstance(policy, Kvcap)
+    for setup, pool in zip(setups, plan.pools, strict=True):
+        ours = policy.spec(setup)
+        theirs = scaling_spec(spec, pool, spec.gpu.max_total, setup.startup_s)
+        assert ours == dc_replace(theirs, startup_seconds=setup.startup_s)
