@@ -31,7 +31,7 @@ class PoolSetup:
 
 @dataclass(frozen=True, slots=True)
 class PodView:
-    """One pod as the last Prometheus scrape saw it (rates over the last minute)."""
+    """One pod as the last Prometheus scrape saw it (rates over `rate_window_s`)."""
 
     name: str
     ready: bool
@@ -75,4 +75,5 @@ class ClusterConfig:
     scale_down_delay_s: float = 300.0
     gpu_budget: int | None = None
     drain_s: float = 900.0  # keep simulating this long after the last arrival
-    rate_window_s: float = 60.0  # rate(...[1m])
+    # rate(...[2m]), as the operator queries (kvcap/autoscale/prometheus.py RATE_WINDOW)
+    rate_window_s: float = 120.0
