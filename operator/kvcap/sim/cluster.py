@@ -6,7 +6,7 @@ output (the operator's routing labels), and inside the pool to the Ready replica
 requests in flight (ties: least KV in use). Requests longer than every pool are rejected. While a
 pool has no Ready replica its requests wait at the gateway.
 
-Policies see only what Prometheus saw at the last scrape (rates over the last minute) and decide
+Policies see only what Prometheus saw at the last scrape (rates over the last 2 minutes) and decide
 every `interval_s`. A new pod takes GPUs at once and serves after the pool's start-up time. A pod
 scaled down stops taking requests, finishes what it holds, and then frees its GPUs.
 """
