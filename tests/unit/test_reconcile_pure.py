@@ -716,3 +716,30 @@ async def test_the_watched_body_saves_the_read_and_a_stale_one_is_caught() -> No
     assert stored["status"]["observedGeneration"] == 2 and max_model_len(kube) == "16384"
     track(ctx, "DELETED", stored)  # forgotten: no lock, no state left behind
     assert ("team-a", "llama") not in ctx.tracked and ("team-a", "llama") not in ctx.locks
+
+
+async def test_workers_drain_the_queue_and_retry_temporary_failures() -> None:
+    import asyncio
+
+    from kvcap.controller.reconcile import track, work
+
+    kube, planner = FakeKube(), Recorder()
+    ctx = OperatorContext(kube=kube, settings=Settings(retry_delay_seconds=0.1),  # type: ignore[arg-type]
+                          plan_fn=planner)
+    kube.store(body_for(SPEC))
+    stored = kube.objects[("modeldeployments", "team-a", "llama")]
+    kube.fail = ApiError(503, "ServiceUnavailable", "etcd is down")  # the first attempt fails
+    track(ctx, None, copy.deepcopy(stored))
+    worker = asyncio.create_task(work(ctx))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if kube.fail is not None and kube.calls:
+                kube.fail = None  # the API server is back: the retry (after 0.1 s) succeeds
+            if stored.get("status", {}).get("observedGeneration") == 1 and ctx.queue.idle:
+                break
+        assert stored["status"]["observedGeneration"] == 1 and ctx.queue.idle
+        track(ctx, "DELETED", stored)
+        assert not ctx.tracked and not ctx.locks
+    finally:
+        worker.cancel()

@@ -846,6 +846,9 @@ async def work(ctx: OperatorContext) -> None:
             ctx.queue.add_after(key, max(60.0, ctx.settings.retry_delay_seconds))
         finally:
             ctx.queue.done(key)
+            lock = ctx.locks.get(key)
+            if key not in ctx.tracked and lock is not None and not lock.locked():
+                del ctx.locks[key]  # deleted while it was being reconciled
 
 
 async def resync_forever(ctx: OperatorContext) -> None:
