@@ -207,3 +207,17 @@ def test_kvcap_adapter_builds_the_scaling_spec_the_operator_builds() -> None:
         ours = policy.spec(setup)
         theirs = scaling_spec(spec, pool, spec.gpu.max_total, setup.startup_s)
         assert ours == dc_replace(theirs, startup_seconds=setup.startup_s)
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--scrape-interval", "0"), ("--rate-multiplier", "-1"), ("--duration", "0"),
+    ("--max-replicas", "0"), ("--slo-tpot", "nan"), ("--startup-seconds", "-5"),
+])
+def test_cli_rejects_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
+                                 value: str) -> None:
+    manifest = tmp_path / "md.yaml"
+    manifest.write_text(yaml.safe_dump(MANIFEST))
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "-f", str(manifest), "--trace", str(manifest), flag, value])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
