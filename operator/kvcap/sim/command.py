@@ -131,7 +131,3 @@ def execute(ns: argparse.Namespace, spec: ModelDeploymentSpec, arch: ModelArch) 
         for path in doc.get("plots", []):
             print(f"plot    {path}")
     return 0
-
-
-def summary_lines(doc: dict[str, Any]) -> list[str]:
-    return render_table(doc).splitlines()
