@@ -93,6 +93,10 @@ class ModelArch:
     # down-projections and the DSA indexer's wq_b) respectively; see `ignored_attention`.
     ignored_parameters: int = 0
     ignored_replicated_parameters: int = 0
+    # RoPE's precomputed cos/sin table: `rope_caches` tables of max_position_embeddings x
+    # rotary_dim in the model dtype on every GPU (see `rope_tables`).
+    rotary_dim: int = 0
+    rope_caches: int = 0
 
     @property
     def num_attention_layers(self) -> int:
@@ -388,6 +392,29 @@ def ignored_attention(config: dict[str, Any], cfg: dict[str, Any], kinds: tuple[
     return n_split, n_rep, bool(mla_layers) and kv_b_all
 
 
+_NO_ROPE = ("opt", "gpt2", "gpt_bigcode", "bloom", "mpt", "mamba", "mamba2", "falcon_mamba")
+
+
+def rope_tables(cfg: dict[str, Any], head_dim: int) -> tuple[int, int]:
+    """(rotary_dim, tables): vLLM's rotary embeddings precompute `cos_sin_cache` of shape
+    (max_position_embeddings, rotary_dim) in the model dtype and register it as a buffer on the
+    GPU (vllm/model_executor/layers/rotary_embedding: `RotaryEmbeddingBase.__init__`,
+    `_compute_cos_sin_cache`; YaRN's table has original x factor rows, the same number), one per
+    distinct rope setup (`get_rope` caches them), so "Model loading took" includes it. Negligible
+    at 128k positions (32 MiB), not at Llama 4 Scout's 10M: 2.5 GiB on every GPU, which is what
+    its H100 TP 4 launch logged above the weights (2.36 GiB). Gemma 3 has a local and a global
+    table."""
+    model_type = str(cfg.get("model_type") or "")
+    if model_type in _NO_ROPE or cfg.get("alibi") or cfg.get("position_embedding_type") in (
+            "absolute", "alibi"):
+        return 0, 0
+    if cfg.get("kv_lora_rank"):
+        return int(cfg.get("qk_rope_head_dim", 64)), 1
+    factor = float(cfg.get("partial_rotary_factor") or cfg.get("rotary_pct") or 1.0)
+    rotary = int(cfg.get("rotary_dim") or head_dim * factor)
+    return rotary, 2 if model_type.startswith("gemma3") else 1
+
+
 def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
     # The recurrent-state dtype: `mamba_ssm_cache_dtype` (Nemotron-H style), or the checkpoint's
     # `mamba_ssm_dtype` (Qwen3.5: "float32"), which vLLM copies into --mamba-ssm-cache-dtype when
@@ -625,6 +652,7 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
     quant_method, quant_bits = _quant(config)
     rep_q, rep_dtype, absorbed, indexer = replicated_weights(cfg, n_layers, n_experts)
     total += indexer  # neither the shapes above nor the model cards' counts include it
+    rotary_dim, rope_caches = rope_tables(cfg, attn_head_dim)
     ign_split, ign_rep, kv_b_unquantized = ignored_attention(
         config, cfg, kinds, heads, int(kv_heads), attn_head_dim)
     if kv_b_unquantized:
@@ -669,4 +697,6 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
         mla_absorbed_parameters=absorbed,
         ignored_parameters=ign_split,
         ignored_replicated_parameters=ign_rep,
+        rotary_dim=rotary_dim,
+        rope_caches=rope_caches,
     )

@@ -390,7 +390,9 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     # MLA backends dequantize kv_b_proj into W_UK/W_UV (model dtype) beside the quantized weight.
     absorbed = arch.mla_absorbed_parameters * wb if quantized else 0
     embed_on_stage = embed if pp == 1 else embed / 2
-    return int((body + absorbed) / (tp * pp) + replicated / pp + embed_on_stage / tp)
+    # RoPE's cos/sin table, whole on every GPU (`arch.rope_tables`)
+    rope = arch.rope_caches * arch.max_position_embeddings * arch.rotary_dim * wb
+    return int((body + absorbed) / (tp * pp) + replicated / pp + embed_on_stage / tp + rope)
 
 
 @dataclass(frozen=True, slots=True)
