@@ -87,7 +87,7 @@ def test_available_kv_memory_error_in_sample():
     leave-one-source-out figures are benchmarks/estimator_accuracy.py's headline."""
     errors = _available_errors()
     assert len(errors) >= 100
-    assert statistics.median(errors) < 0.6
+    assert statistics.median(errors) < 0.5
     # The DEBUG-level llm-d campaign (full profiler breakdown, v0.19, H100) is reproduced closely.
     campaign = _available_errors("llm-d-planner-pr205")
     assert len(campaign) >= 40 and statistics.median(campaign) < 0.2
@@ -112,8 +112,8 @@ def test_weights_match_model_loading_took():
         if a.name in ("deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-V3.2") \
                 and c.gpu is not None and c.gpu.vendor == "nvidia":
             deepseek.append(abs(got - float(logged)))
-    assert len(errors) >= 300 and statistics.median(errors) < 0.25
-    assert sum(e <= 1.0 for e in errors) >= 0.8 * len(errors)
+    assert len(errors) >= 300 and statistics.median(errors) < 0.2
+    assert sum(e <= 1.0 for e in errors) >= 0.85 * len(errors)
     assert len(deepseek) >= 40 and max(deepseek) < 0.45
 
 
