@@ -17,8 +17,8 @@ from functools import cache
 from kvcap.api.errors import InvalidArgument
 
 # vLLM's docs list v0.32.0 by late 2026 (shared/notes/vllm-facts.md, "Releases"); the last
-# accounting changes kvcap knows of are the CUDA-graph estimate (PR #30515 / #38284; subtracted in the
-# v0.20 logs of the validation set) and v0.21.0's default utilization.
+# accounting changes kvcap knows of are the CUDA-graph estimate (PR #30515 / #38284; subtracted
+# in the v0.20 logs of the validation set) and v0.21.0's default utilization.
 NEWEST_VERSION = "0.32.0"
 DEFAULT_VERSION = NEWEST_VERSION
 
