@@ -6,7 +6,11 @@ What is fitted, per launch of benchmarks/data/vllm_launches.yaml with a V1 versi
   activation (GiB) = c + h x T x hidden x dtype/2 + s_era x R x vocab + moe x [MoE] + amd x [AMD]
 (tried and left out: a term in T x top_k x expert width / TP fits with a negative sign; tying
 non-torch memory of TP 4 to TP 2 makes leave-one-source-out worse, tying TP 8 to TP 4 -- kept --
-makes it better: 1.17 -> 1.04 GiB median)
+makes it better: 1.17 -> 1.04 GiB median. The Triton fused-MoE buffers computed from the shapes,
+T x top_k x (max(2I/TP, H) + max(I/TP, H)) + T x H bytes/element, reproduce the v0.19 MoE peaks
+within 0.1 GiB, but as a fixed term -- for all MoE or only unquantized experts -- they shift the
+fitted dense term (H100 LOSO 0.29 -> 0.49 or the #27508 verdict flips) while the H200/B200
+catalog totals carry a 0.6 GiB bias into the budget rows; see docs/capacity-model.md.)
   non-torch  (GiB) = nt_era[TP 1 | TP 2 | TP 4 | TP >= 8 | PP-only]
 with T = max_num_batched_tokens, R = min(max_num_seqs, T) dummy sampler requests (vLLM's defaults when
 the log does not say). Each launch contributes the rows it has: the logged activation peak, the logged
