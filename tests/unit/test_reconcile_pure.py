@@ -548,6 +548,12 @@ async def test_resync_reads_the_object_itself_and_skips_what_it_should() -> None
     assert len(kube.status_patches) == count
 
 
+def ctx_digest(token: str = "") -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     import kvcap.controller.reconcile as rec
     from kvcap.api.errors import HubError
@@ -592,6 +598,11 @@ async def test_hub_config_for_models_outside_the_catalog(monkeypatch: pytest.Mon
     with pytest.raises(kopf.TemporaryError):
         await run_with(ctx, body_for(spec))
     assert get_condition(run_with.last, "CapacityPlanned")["reason"] == "HubUnavailable"  # type: ignore[attr-defined]
+    # an unreachable Hub is not asked again on every reconcile: backed off (1, 2, 4... min)
+    with pytest.raises(kopf.TemporaryError):
+        await run_with(ctx, body_for(spec))
+    assert [c["model"] for c in calls].count("org/down") == 1
+    assert ctx.hub_backoff.next_delay(("org/down", None, ctx_digest())) == 120.0
     # a token Secret that does not exist
     spec["model"] = {"name": "org/private", "hfTokenSecretRef": {"name": "nope", "key": "token"}}
     with pytest.raises(kopf.TemporaryError):
