@@ -50,10 +50,7 @@ from kvcap.controller.autoscaler import Autoscaler, AutoscaleSettings, live_pool
 from kvcap.controller.conditions import Check  # noqa: E402
 from kvcap.controller.decide import ActOutcome, ModelConfig, Observation, Policy, assess, decide  # noqa: E402
 from kvcap.controller.render import Features  # noqa: E402
-from kvcap.controller.scaling import (
-    ObjectMetrics,
-    PoolLive,
-)
+from kvcap.controller.scaling import ObjectMetrics, PoolLive  # noqa: E402
 
 CAPACITY = 131_072
 IDLE = Levels(kv_usage=0.3, running=10)
@@ -135,7 +132,7 @@ def merge_patch(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 def status_writes(objects: int, minutes: float, tick: float, refresh: float, seed: int = 7) -> tuple[int, int]:
     """(status writes, reconciles) of `objects` autoscaled ModelDeployments (2 pools x 2 replicas)
-    reconciled every `tick` seconds for `minutes`, KV usage drawn from 0.40-0.50 each tick (no trend:
+    reconciled every `tick` seconds for `minutes`, KV usage drawn from 0.40-0.46 each tick (no trend:
     2 replicas stay right), running 10-30 requests."""
     rng = random.Random(seed)
     pools = ["default", "long"]
@@ -168,7 +165,7 @@ def status_writes(objects: int, minutes: float, tick: float, refresh: float, see
             children = []
             for pool in pools:
                 n = replicas[(name, pool)]
-                usage[(name, pool)] = rng.uniform(0.40, 0.50)
+                usage[(name, pool)] = rng.uniform(0.40, 0.46)
                 live[pool] = PoolLive(n, tuple(
                     PodSample(name=f"{name}-{pool}-{r}", ready=True, kv_usage=usage[(name, pool)],
                               running=float(rng.randint(10, 30)), waiting=0.0, sample_time=now)
@@ -296,7 +293,7 @@ def print_status_writes(objects: int, minutes: float) -> None:
           f"a load that moves every tick (source: {sys.path[1]})")
     print("| figures refreshed | reconciles | status writes | writes per minute | per object per minute |")
     print("|---|---:|---:|---:|---:|")
-    refreshes = [0.0, 60.0] if "refresh_seconds" in AutoscaleSettings.__dataclass_fields__ else [0.0]
+    refreshes = [0.0, 60.0, 300.0] if "refresh_seconds" in AutoscaleSettings.__dataclass_fields__ else [0.0]
     for refresh in refreshes:
         c0 = time.process_time()
         writes, reconciles = status_writes(objects, minutes, 15.0, refresh)

@@ -48,6 +48,11 @@ The rule (docs/autoscaling.md explains it with examples):
 7. Missing, stale or NaN data for a Ready pod never scales down (the low-demand window restarts);
    a scale-up the known data alone justifies still happens (the missing pods count as empty, so
    demand is a lower bound). Prometheus down holds the replica count.
+8. A scale-up stops at `inventory_replicas` (what the Ready nodes of the allowed GPU products can
+   place) and at the current count while a pod of the pool is Unschedulable; such a pod is not
+   capacity that is coming. Both cap growth only: running replicas are never removed for them.
+9. `min_replicas` 0 lets an idle pool (demand exactly 0) step down to zero; at zero there is no
+   server and so no signal: the pool holds until something else sets its replicas.
 """
 
 from __future__ import annotations
