@@ -163,19 +163,6 @@ def _minor(c: Case) -> str:
     return _version_key(c).rstrip("*")
 
 
-# The totals the CUDA runtime reports, which vLLM multiplies by --gpu-memory-utilization. H200:
-# PyTorch's OOM message "GPU 0 has a total capacity of 139.80 GiB" (139.72-139.83 across drivers) in
-# several public H200 logs found by code search -- no vLLM log printing the H200 total was found; the
-# catalog holds nvidia-smi's 143,771 MiB = 140.40 GiB. B200: 178.35 GiB, the CUDA device query
-# gpus.yaml itself cites (pytorch/ao#4002); the catalog holds nvidia-smi's 183,359 MiB = 179.06 GiB.
-CUDA_TOTALS_GIB = {"H200-141GB": 139.80, "B200": 178.35}
-
-
-def with_cuda_total(c: Case) -> Case:
-    if c.gpu is None or c.raw.get("gpu_total_gib") or c.gpu.name not in CUDA_TOTALS_GIB:
-        return c
-    return replace(c, gpu=replace(c.gpu, memory_bytes=int(CUDA_TOTALS_GIB[c.gpu.name] * GIB)))
-
 
 def avail_case(c: Case) -> bool:
     """Launches for metric B: version recorded, GPU memory known, KV memory logged, not refused."""
@@ -191,15 +178,9 @@ def loso_models(cases: list[Case]) -> dict[str, Mapping[str, OverheadModel]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-launch", action="store_true")
-    ap.add_argument("--cuda-totals", action="store_true",
-                    help="what-if: H200/B200 at the totals the CUDA runtime reports instead of the "
-                         "catalog's nvidia-smi figures (launches that do not log their total)")
     ns = ap.parse_args()
     cases, skipped = load_cases()
     cases = [c for c in cases if c.gpu is not None]
-    if ns.cuda_totals:
-        cases = [with_cuda_total(c) for c in cases]
-        print(f"WHAT-IF: GPU totals {CUDA_TOTALS_GIB} GiB where the launch does not log its own")
     in_sample = kvcap_with(fit(cases))
     per_source = loso_models(cases)
 
