@@ -316,7 +316,8 @@ H100 = "NVIDIA-H100-80GB-HBM3"
         ({H100: [8, 8]}, 4, 8, 2, 2),  # the other pool's 2 x 4 GPUs on the same product
         ({H100: [8, 8], "NVIDIA-L4": [8]}, 1, 8, 0, 16),  # products the pool may not use
         ({H100: [8, 8]}, 16, 8, 0, 1),  # a replica of two 8-GPU pods
-        ({}, 1, 8, 0, 0),  # no GPU node of the product at all
+        ({}, 1, 8, 0, None),  # no node of the product: Unschedulable pods stop growth instead
+        ({"NVIDIA-L4": [8]}, 1, 8, 0, None),
     ],
 )
 def test_inventory_replicas(
@@ -329,7 +330,7 @@ def test_inventory_replicas(
         spec(gpu={"perNode": per_node}), two, two.pools[0], {"default": 1, "long": other}, inventory
     )
     assert got == fits
-    assert (text == "") is (inventory is None)
+    assert (text == "") is (fits is None)
 
 
 def test_inventory_caps_scale_up_in_scale_pools() -> None:

@@ -99,10 +99,13 @@ def inventory_replicas(
 ) -> tuple[int | None, str]:
     """Replicas of `pool` the Ready nodes of its allowed GPU products can hold (each node fits
     floor(allocatable / GPUs per pod) pods), less the GPUs the object's other pools on the same
-    products take now; and the words for it. (None, "") without an inventory."""
-    if inventory is None:
+    products take now; and the words for it. (None, "") without an inventory or a node of the
+    pool's products."""
+    labels = tuple(pool.gpu_labels)
+    if inventory is None or not any(label in inventory for label in labels):
+        # Nothing to count: no inventory, or no Ready node carries the pool's product labels (then
+        # new pods would stay Unschedulable, and that stops growth on its own).
         return None, ""
-    labels = tuple(pool.gpu_labels) or (pool.gpu_product,)
     nodes = nodes_per_replica(pool.gpus_per_replica, spec.gpu.per_node) or 1
     per_pod = max(1, pool.gpus_per_replica // nodes)
     placeable = sum(n // per_pod * per_pod for label in labels for n in inventory.get(label, ()))
@@ -110,10 +113,10 @@ def inventory_replicas(
     others = sum(
         current.get(p.name, 0) * p.gpus_per_replica
         for p in plan.pools
-        if p.name != pool.name and set(p.gpu_labels or (p.gpu_product,)) & set(labels)
+        if p.name != pool.name and set(p.gpu_labels) & set(labels)
     )
     fits = max(0, placeable - others) // pool.gpus_per_replica
-    shown = "/".join(label for label in labels if label in inventory) or labels[0]
+    shown = "/".join(label for label in labels if label in inventory)
     text = f"the node inventory ({allocatable} x {shown} allocatable on Ready nodes"
     text += f", {others} taken by the other pools)" if others else ")"
     return fits, text
