@@ -20,10 +20,10 @@ Extension points (filled by other parts of kvcap; each is optional and off when 
 (a) Autoscaling. `Observation.metrics` carries a per-object metrics snapshot (whatever
     `kvcap.autoscale` reads from Prometheus; decide never looks inside it), and `Policy.scale`,
     a pure `ScaleFn(spec, plan, metrics, stored_status, inventory) -> {pool name: PoolScale}`,
-    overrides each pool's replicas after planning (the inventory caps its scale-ups). `PoolScale.replicas` is the desired count, or None for
-    the `External` policy: then `replicas` is left out of the applied Deployment or
-    LeaderWorkerSet so another controller (an HPA, KEDA) owns it. `PoolScale.status` becomes
-    that pool's entry of `status.pools[]`.
+    overrides each pool's replicas after planning (the inventory caps its scale-ups).
+    `PoolScale.replicas` is the desired count, or None for the `External` policy: then
+    `replicas` is left out of the applied Deployment or LeaderWorkerSet so another controller
+    (an HPA, KEDA) owns it. `PoolScale.status` becomes that pool's entry of `status.pools[]`.
 (b) Pod failures. `Observation.pools` maps each pool to a `PoolRuntime`: the raw workload
     object (Deployment or LeaderWorkerSet, with its status and conditions) and the raw pods of
     that pool (with their container statuses). `Policy.classify`, a pure
