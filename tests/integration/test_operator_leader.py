@@ -120,3 +120,43 @@ def test_killed_leader_is_replaced_by_the_standby(
                 p.stop()
     for p in procs:
         assert "Traceback" not in p.output(), p.output()[-5000:]
+
+
+@pytest.mark.timeout(300)
+def test_leader_election_under_the_chart_rbac(
+    kvcap_api: Api, kvcap_crd: Any, fresh_namespace: Any, tmp_path: Path
+) -> None:
+    """As the chart runs it: the chart's ServiceAccount and RBAC (with its leases Role in the
+    release namespace), leader election on. The Lease is created and renewed, nothing is
+    forbidden."""
+    from test_operator_rbac import apply_docs, render_rbac
+
+    api = kvcap_api
+    system_ns = fresh_namespace("kvha-sys")
+    ns = fresh_namespace("kvha-rbac")
+    docs = render_rbac(f"kvcap-{ns[-6:]}", system_ns, [ns])  # namespaced, as KVCAP_NAMESPACES
+    created = apply_docs(api, docs, system_ns)
+    sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+    kubeconfig = api.cluster.service_account_kubeconfig(system_ns, sa, tmp_path / "sa.kubeconfig")
+    env = {"KVCAP_NAMESPACES": ns, "KVCAP_LEADER_ELECTION": "Enabled",
+           "KVCAP_LEADER_ELECTION_NAMESPACE": system_ns,
+           "KVCAP_LEADER_ELECTION_LEASE_SECONDS": str(LEASE_SECONDS)}
+    op = OperatorProcess(kubeconfig, [], tmp_path / "op.log", extra_env=env).start()
+    try:
+        api.create_md(ns, "ha", small_spec())
+        wait_for("Ready under the chart's RBAC with leader election",
+                 lambda: is_current(api.md(ns, "ha"), "Ready", "True"), 150)
+        first = lease(api, system_ns)["spec"]["renewTime"]
+        wait_for("the Lease renewed", lambda: lease(api, system_ns)["spec"]["renewTime"] != first,
+                 30)
+    finally:
+        code = op.stop()
+        for path in reversed(created):
+            if "/clusterrole" in path:
+                api.delete(path)
+    output = op.output()
+    assert code == 0, output[-5000:]
+    assert "Released Lease" in output
+    assert lease(api, system_ns)["spec"].get("holderIdentity") is None  # released on SIGTERM
+    for needle in ("403", "Forbidden", "forbidden", "Traceback"):
+        assert needle not in output, f"{needle!r} in the operator log:\n{output[-5000:]}"
