@@ -324,3 +324,32 @@ def test_ignored_attention_stays_in_model_dtype():
         replace(arch, ignored_parameters=0, ignored_replicated_parameters=0), 8, 1, None) / GIB
     assert abs(got - 48.62) < 0.5 < abs(as_if_quantized - 48.62)
     assert load_model("deepseek-ai/DeepSeek-V3.2").ignored_parameters == 0
+
+
+# TritonExperts.workspace_shapes (vllm fused_moe.py): M x top_k x (max(N/2, K) + max(N, K)) + M x K
+# elements of the activation dtype, M = min(tokens, 16384), N = 2 x moe_intermediate_size / TP,
+# K = hidden. DeepSeek-V2-Lite-shaped config: hidden 2048, moe_intermediate 1408, top-k 6, bf16.
+@pytest.mark.parametrize(("tp", "tokens", "expected"), [
+    (1, 8192, (8192 * 6 * (2048 + 2816) + 8192 * 2048) * 2),  # N = 2816 > K
+    (2, 8192, (8192 * 6 * (2048 + 2048) + 8192 * 2048) * 2),  # N = 1408 < K: K sizes both
+    (1, 32768, (16384 * 6 * (2048 + 2816) + 16384 * 2048) * 2),  # one 16,384-token chunk
+    (1, 512, (512 * 6 * (2048 + 2816) + 512 * 2048) * 2),
+])
+def test_fused_moe_workspace_follows_vllm_shapes(tp, tokens, expected):
+    from kvcap.capacity.memory import fused_moe_workspace_bytes
+    assert fused_moe_workspace_bytes(parse_config(deepseek_mla()), tp, tokens) == expected
+
+
+def test_fused_moe_workspace_is_charged_to_moe_v1_profile_runs_only():
+    from dataclasses import replace
+
+    from kvcap.capacity.memory import fused_moe_workspace_bytes
+    assert fused_moe_workspace_bytes(parse_config(llama()), 1, 8192) == 0
+    moe = parse_config(deepseek_mla())
+    no_routed = replace(moe, experts_per_token=0)  # same model, no routed-expert workspace
+    assert fused_moe_workspace_bytes(no_routed, 1, 8192) == 0
+    for version, charged in (("0.19.0", True), ("0.11.0", True), ("0.6.4", False)):
+        args = ServeArgs(vllm_version=version, max_model_len=4096, max_num_batched_tokens=8192)
+        extra = (estimate(moe, H100, args).activation_bytes
+                 - estimate(no_routed, H100, args).activation_bytes)
+        assert extra == (fused_moe_workspace_bytes(moe, 1, 8192) if charged else 0), version

@@ -441,6 +441,36 @@ def sampler_requests(seqs: int, tokens: int, prof: VllmProfile) -> int:
     return min(seqs, tokens) if prof.sampler_requests_capped_by_tokens else seqs
 
 
+# vllm/envs.py: VLLM_FUSED_MOE_CHUNK_SIZE, 16 * 1024 tokens in current releases (32,768 in older
+# ones; it matters only when more than 16,384 tokens are profiled): the fused-MoE kernel runs, and
+# sizes its workspaces for, at most that many tokens at a time.
+FUSED_MOE_CHUNK_SIZE = 16 * 1024
+
+
+def fused_moe_workspace_bytes(arch: ModelArch, tp: int, tokens: int) -> int:
+    """Bytes of the Triton fused-MoE kernel's buffers for one MoE layer in the profile run.
+
+    vllm/model_executor/layers/fused_moe/fused_moe.py, `TritonExperts.workspace_shapes` (the
+    modular kernel; read at the v0.19 tree): workspace1 = (M, top_k, max(N / 2, K)), workspace2 =
+    (M, top_k, max(N, K)), output = (M, K), in the activation dtype, with M the tokens of one chunk
+    (`FUSED_MOE_CHUNK_SIZE`), N = 2 x moe_intermediate_size / TP (one rank's merged gate/up
+    projection) and K = hidden size. They are live together while one layer runs and reused by the
+    next, so one layer's worth is the peak. Charged to every V1 version (v0.8+): the pre-modular
+    `fused_experts_impl` allocated the same caches (cache1/cache3 sharing M x top_k x max(N, K),
+    cache2 M x top_k x N / 2, and the output). Measured against vLLM's own profiler lines: the v0.19
+    MoE activation peaks of the validation set (DeepSeek-V2-Lite, Mixtral TP 2, Qwen3-30B-A3B,
+    Qwen1.5-MoE, Llama-4-Scout) within 0.1 GiB. Not modelled: kernels that allocate elsewhere
+    (FlashInfer/CUTLASS on Blackwell, ROCm AITER), Nemotron-H's non-gated latent experts.
+    """
+    if not (arch.is_moe and arch.experts_per_token and arch.moe_intermediate_size):
+        return 0
+    m = min(tokens, FUSED_MOE_CHUNK_SIZE)
+    n = 2 * arch.moe_intermediate_size // tp
+    k = arch.hidden_size
+    elems = m * arch.experts_per_token * (max(n // 2, k) + max(n, k)) + m * k
+    return elems * arch.dtype_bytes
+
+
 def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, prof: VllmProfile,
                    enforce_eager: bool, model: OverheadModel | None = None,
                    vendor: str = "nvidia") -> tuple[int, int, int]:
@@ -461,6 +491,8 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
            + m.act_per_seq_vocab * reqs * arch.vocab_size)
     if arch.is_moe:
         act += m.act_moe_const_gib * GIB
+        if prof.engine == "V1":
+            act += fused_moe_workspace_bytes(arch, tp, tokens)
     if vendor == "amd":
         act += m.amd_extra_gib * GIB
     if arch.is_moe and arch.experts_per_token:
