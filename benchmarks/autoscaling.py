@@ -225,6 +225,8 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], docs: dict[str, 
            "60 s + weights at 1 GB/s). Every policy starts with the replicas the opening minutes "
            "need (`warm_start`), so a cold start under full load does not decide the comparison. "
            f"`{PROPOSAL}` is an experiment run here, not the operator's policy (see the end). "
+           "A seed picks the time rotation of the superposed copies, so the x1 Mooncake runs are "
+           "the same for every seed. "
            "See docs/simulator.md for what the simulator models.", ""]
     for name, per_policy in results.items():
         doc = docs[name]
