@@ -353,3 +353,30 @@ def test_fused_moe_workspace_is_charged_to_moe_v1_profile_runs_only():
         extra = (estimate(moe, H100, args).activation_bytes
                  - estimate(no_routed, H100, args).activation_bytes)
         assert extra == (fused_moe_workspace_bytes(moe, 1, 8192) if charged else 0), version
+
+
+# UnquantizedFusedMoEMethod._maybe_pad_weight (VLLM_ROCM_MOE_PADDING=1): on ROCm a weight whose row
+# stride is a multiple of 512 bytes gets 256 more bytes per row. DeepSeek-V2-Lite shapes: 26 MoE
+# layers x 64 experts; w13 rows of H = 2048 bf16 (4,096 B: padded), w2 rows of I/TP = 1408/TP
+# (2,816 B at TP 1, 1,408 B at TP 2: not padded).
+@pytest.mark.parametrize(("tp", "quantization", "expected"), [
+    (1, None, 26 * 64 * 2816 * 256),
+    (2, None, 26 * 64 * 1408 * 256),
+    (1, "fp8", 0),  # only the unquantized MoE method pads
+])
+def test_rocm_moe_padding_follows_vllm(tp, quantization, expected):
+    from kvcap.capacity.memory import rocm_moe_padding_bytes
+    assert rocm_moe_padding_bytes(parse_config(deepseek_mla()), tp, quantization) == expected
+
+
+def test_rocm_moe_padding_is_charged_on_amd_gpus_only():
+    from dataclasses import replace
+
+    from kvcap.capacity.memory import rocm_moe_padding_bytes
+    moe = parse_config(deepseek_mla())
+    mi300x = replace(H100, name="MI300X", vendor="amd")
+    args = ServeArgs(vllm_version="0.19.0", max_model_len=4096)
+    assert (estimate(moe, mi300x, args).weights_bytes - estimate(moe, H100, args).weights_bytes
+            == rocm_moe_padding_bytes(moe, 1, None) > 0)
+    dense = parse_config(llama())
+    assert estimate(dense, mi300x, args).weights_bytes == estimate(dense, H100, args).weights_bytes

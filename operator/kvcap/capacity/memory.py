@@ -395,6 +395,32 @@ def weight_bytes_per_gpu(arch: ModelArch, tp: int, pp: int, quantization: str | 
     return int((body + absorbed) / (tp * pp) + replicated / pp + embed_on_stage / tp + rope)
 
 
+def rocm_moe_padding_bytes(arch: ModelArch, tp: int, quantization: str | None) -> int:
+    """Bytes vLLM adds on ROCm to unquantized MoE expert weights, per GPU.
+
+    vllm/model_executor/layers/fused_moe/layer.py, `UnquantizedFusedMoEMethod._maybe_pad_weight`
+    (applied to w13 and w2 in `process_weights_after_loading`, inside the "Model loading took"
+    measurement): with `VLLM_ROCM_MOE_PADDING` (vllm/envs.py, default "1") on ROCm, a weight whose
+    row stride is a multiple of 512 bytes is re-allocated with 256 more bytes per row (`F.pad`, then
+    sliced back, so the padded storage is what stays) and the original freed (`empty_cache`).
+    One rank's w13 is (experts, 2I/TP, H) -- rows of H elements; its w2 is (experts, H, I/TP) --
+    rows of I/TP elements. Nemotron-H's experts are not gated (w13 has I/TP rows).
+    """
+    if (not arch.is_moe or not arch.moe_intermediate_size or not arch.expert_parameters
+            or (quantization or arch.quant_method)):
+        return 0
+    gated = not any(a.startswith("NemotronH") for a in arch.architectures)
+    mult = 3 if gated else 2
+    inter, hidden, wb = arch.moe_intermediate_size, arch.hidden_size, arch.dtype_bytes
+    layer_experts = arch.expert_parameters // (mult * hidden * inter)  # MoE layers x experts
+    rows = 0
+    if hidden * wb % 512 == 0:
+        rows += (mult - 1) * inter // tp  # w13 rows on this rank
+    if inter // tp * wb % 512 == 0:
+        rows += hidden  # w2 rows
+    return layer_experts * rows * 256
+
+
 @dataclass(frozen=True, slots=True)
 class OverheadModel:
     """Coefficients of the non-KV memory model for one profiler era (see data/overheads.yaml)."""
@@ -581,6 +607,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     kv_bytes = kv_dtype_bytes(args.kv_cache_dtype, arch)
 
     weights = weight_bytes_per_gpu(arch, tp, pp, args.quantization)
+    if gpu.vendor == "amd":
+        weights += cdiv(rocm_moe_padding_bytes(arch, tp, args.quantization), pp)
     total = gpu.memory_bytes
     given = args.kv_cache_memory_bytes is not None
     cal: Calibration | None = None
