@@ -9,7 +9,9 @@ The workspace is vLLM's Triton fused-MoE buffers, `memory.fused_moe_workspace_by
 T' x top_k x (max(I/TP, H) + max(2I/TP, H)) + T' x H elements, T' = min(T, 16,384). It reproduces
 the v0.19 MoE activation peaks within 0.1 GiB and took leave-one-source-out from 0.65 to 0.52 GiB
 median once the H200/B200 totals were the CUDA runtime's (with nvidia-smi totals it made H100 worse,
-0.29 -> 0.49). Charging it only to unquantized experts was worse (0.67; v0.19 0.31).
+0.29 -> 0.49). Charging it only to unquantized experts was worse (0.67; v0.19 0.31). Not charged
+where vLLM's kernel oracle picks FlashInfer's fused MoE (fp8/NVFP4 experts on Blackwell from
+0.16, `memory.profile_moe_workspace_bytes`): 0.52 -> 0.51, B200 0.98 -> 0.76.
 (tried and left out: a term in T x top_k x expert width / TP fits with a negative sign; tying
 non-torch memory of TP 4 to TP 2 makes leave-one-source-out worse, tying TP 8 to TP 4 -- kept --
 makes it better: 1.17 -> 1.04 GiB median.)
@@ -44,9 +46,9 @@ from kvcap.capacity.catalog import GIB
 from kvcap.capacity.memory import (
     OverheadModel,
     default_batch_limits,
-    fused_moe_workspace_bytes,
     overhead_bytes,
     overhead_models,
+    profile_moe_workspace_bytes,
     sampler_requests,
     weight_bytes_per_gpu,
     with_dtype,
@@ -123,7 +125,9 @@ def _moe_workspace_gib(c: Case) -> float:
     the activation targets before the fit."""
     _, tokens = limits(c)
     arch = with_dtype(c.arch, c.args.dtype)
-    return fused_moe_workspace_bytes(arch, c.args.tensor_parallel_size, tokens) / GIB
+    assert c.gpu is not None
+    return profile_moe_workspace_bytes(arch, c.gpu, c.args.tensor_parallel_size, tokens,
+                                       profile(c.args.vllm_version), c.args.quantization) / GIB
 
 
 def rows(c: Case) -> list[tuple[list[float], float]]:

@@ -380,3 +380,23 @@ def test_rocm_moe_padding_is_charged_on_amd_gpus_only():
             == rocm_moe_padding_bytes(moe, 1, None) > 0)
     dense = parse_config(llama())
     assert estimate(dense, mi300x, args).weights_bytes == estimate(dense, H100, args).weights_bytes
+
+
+# vLLM's fp8/NVFP4 MoE oracle (PR #32414, from 0.16) runs FlashInfer's fused TRT-LLM kernel on
+# Blackwell, so the Triton experts' workspace is not allocated there; Hopper keeps it.
+@pytest.mark.parametrize(("gpu_name", "version", "quantization", "charged"), [
+    ("B200", "0.18.0", "fp8", False),
+    ("GB200", "0.18.0", "fp8", False),
+    ("H200-141GB", "0.18.0", "fp8", True),
+    ("B200", "0.18.0", None, True),  # unquantized experts stay on Triton
+    ("B200", "0.14.1", "fp8", True),  # before the priority oracle
+])
+def test_moe_workspace_follows_the_kernel_vllm_picks(gpu_name, version, quantization, charged):
+    from dataclasses import replace
+
+    from kvcap.capacity.memory import fused_moe_workspace_bytes, profile_moe_workspace_bytes
+    from kvcap.capacity.vllm_version import profile
+    moe = parse_config(deepseek_mla())
+    gpu = replace(H100, name=gpu_name)
+    got = profile_moe_workspace_bytes(moe, gpu, 1, 8192, profile(version), quantization)
+    assert got == (fused_moe_workspace_bytes(moe, 1, 8192) if charged else 0)

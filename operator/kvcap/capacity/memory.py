@@ -497,9 +497,34 @@ def fused_moe_workspace_bytes(arch: ModelArch, tp: int, tokens: int) -> int:
     return elems * arch.dtype_bytes
 
 
+# Blackwell data-center GPUs (SM100): FlashInfer's TRT-LLM MoE kernels run there only.
+_SM100 = ("B200", "GB200", "B300", "GB300")
+
+
+def is_sm100(gpu: Gpu) -> bool:
+    if gpu.compute_capability:
+        return gpu.compute_capability.startswith("10.")
+    return gpu.vendor == "nvidia" and gpu.name.upper() in _SM100
+
+
+def profile_moe_workspace_bytes(arch: ModelArch, gpu: Gpu, tp: int, tokens: int,
+                                prof: VllmProfile, quantization: str | None) -> int:
+    """The fused-MoE workspace the V1 profile run allocates on this GPU: the Triton experts'
+    (`fused_moe_workspace_bytes`) unless the version's kernel oracle picks FlashInfer's fused
+    kernel -- quantized (fp8 / NVFP4) experts on Blackwell from 0.16 (`vllm_version`,
+    "blackwell_quantized_moe_flashinfer")."""
+    if prof.engine != "V1" or not arch.is_moe:
+        return 0
+    quantized = bool(quantization or arch.quant_method) and arch.quant_method != "mxfp4"
+    if prof.blackwell_quantized_moe_flashinfer and quantized and is_sm100(gpu):
+        return 0
+    return fused_moe_workspace_bytes(arch, tp, tokens)
+
+
 def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, prof: VllmProfile,
                    enforce_eager: bool, model: OverheadModel | None = None,
-                   vendor: str = "nvidia") -> tuple[int, int, int]:
+                   vendor: str = "nvidia", moe_workspace: int | None = None
+                   ) -> tuple[int, int, int]:
     """(activation peak, non-torch increase, CUDA graph) bytes on one GPU for vLLM's profile run.
 
     The activation peak of V1 is dominated by the sampler's dummy batch (min(max_num_seqs,
@@ -517,7 +542,9 @@ def overhead_bytes(arch: ModelArch, tp: int, pp: int, tokens: int, seqs: int, pr
            + m.act_per_seq_vocab * reqs * arch.vocab_size)
     if arch.is_moe:
         act += m.act_moe_const_gib * GIB
-        if prof.engine == "V1":
+        if moe_workspace is not None:
+            act += moe_workspace
+        elif prof.engine == "V1":
             act += fused_moe_workspace_bytes(arch, tp, tokens)
     if vendor == "amd":
         act += m.amd_extra_gib * GIB
@@ -619,7 +646,8 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     else:
         act, non_torch, graph = overhead_bytes(
             arch, tp, pp, tokens, seqs, prof, args.enforce_eager,
-            overheads[prof.profiler_era] if overheads else None, gpu.vendor)
+            overheads[prof.profiler_era] if overheads else None, gpu.vendor,
+            profile_moe_workspace_bytes(arch, gpu, tp, tokens, prof, args.quantization))
         cal = next((c for c in args.calibrations if c.matches(arch.name, gpu.name, prof.label)),
                    None)
         if cal is not None:

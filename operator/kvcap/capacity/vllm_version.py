@@ -37,6 +37,9 @@ class VllmProfile:
     sampler_requests_capped_by_tokens: bool
     # hybrid models' "GPU KV cache size" line = int(concurrency x max_model_len)
     hybrid_token_line_from_concurrency: bool = False
+    # fp8/NVFP4 MoE on Blackwell (SM100) runs FlashInfer's fused TRT-LLM kernel by default, not the
+    # Triton experts whose workspace `memory.fused_moe_workspace_bytes` charges
+    blackwell_quantized_moe_flashinfer: bool = False
 
     @property
     def label(self) -> str:
@@ -104,6 +107,16 @@ _RULES: dict[str, list[tuple[tuple[int, int, int], object]]] = {
     # vllm #51041). The merged release is not pinned down here: 0.24.0 is the first version whose
     # logs in the validation set show it (club-3090 Qwen3.6 entries), so the rule starts there.
     "hybrid_token_line": [((0, 0, 0), False), ((0, 24, 0), True)],
+    # fp8 and NVFP4 MoE kernels picked by priority (PR #32414 "[MoE Refactor] Oracle Select
+    # FP8+NVFP4 Kernels In Priority", merged 2026-01-20; oracle/fp8.py `_get_priority_backends`):
+    # FLASHINFER_TRTLLM comes first and supports block-fp8 / NVFP4 experts on SM100, so Blackwell
+    # runs FlashInfer's fused MoE, whose buffers are not the Triton experts' workspace; Hopper keeps
+    # Triton/DeepGEMM (PR #34260 made the order architecture-aware; PR #37056, which would have
+    # dropped FlashInfer on Blackwell, was closed unmerged). Release inferred from the merge date:
+    # #33538, merged 2026-02-02, first shipped in 0.17.0, so 0.16.0. The validation set's B200
+    # launches (0.18) agree: DeepSeek-R1/V3.2 fp8/NVFP4 at TP 8 log ~1.4 GiB less overhead than the
+    # same models on H200, where the 1.86 GiB Triton workspace is matched.
+    "blackwell_quantized_moe_flashinfer": [((0, 0, 0), False), ((0, 16, 0), True)],
     # Which coefficient set of data/overheads.yaml applies.
     "profiler_era": [((0, 0, 0), "v0"), ((0, 8, 0), "v1-sort"), ((0, 17, 0), "v1")],
 }
@@ -137,4 +150,5 @@ def profile(text: str | None = None) -> VllmProfile:
         profiler_era=str(_rule("profiler_era", v)),
         sampler_requests_capped_by_tokens=bool(_rule("sampler_capped", v)),
         hybrid_token_line_from_concurrency=bool(_rule("hybrid_token_line", v)),
+        blackwell_quantized_moe_flashinfer=bool(_rule("blackwell_quantized_moe_flashinfer", v)),
     )
