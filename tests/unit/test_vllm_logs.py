@@ -87,7 +87,7 @@ def test_available_kv_memory_error_in_sample():
     leave-one-source-out figures are benchmarks/estimator_accuracy.py's headline."""
     errors = _available_errors()
     assert len(errors) >= 100
-    assert statistics.median(errors) < 0.45
+    assert statistics.median(errors) < 0.4
     # The DEBUG-level llm-d campaign (full profiler breakdown, v0.19, H100) is reproduced closely.
     campaign = _available_errors("llm-d-planner-pr205")
     assert len(campaign) >= 40 and statistics.median(campaign) < 0.2
