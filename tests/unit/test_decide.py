@@ -272,3 +272,18 @@ def test_pinned_status_carries_the_shape() -> None:
     assert (plan["plannedGeneration"], plan["replanToken"]) == (1, "a")
     pool = plan["pools"][0]
     assert pool["gpuLabels"] == [H100] and pool["vllmArgs"][0] == MODEL
+
+
+@pytest.mark.parametrize(("old", "new", "patch"), [
+    ({}, {"a": 1}, {"a": 1}),
+    ({"a": 1, "gone": 2}, {"a": 1}, {"a": 1, "gone": None}),
+    ({"plan": {"pools": [1], "modelBytes": 5}}, {"plan": {"pools": []}},
+     {"plan": {"pools": [], "modelBytes": None}}),
+    ({"plan": {"x": {"y": 1, "z": 2}}}, {"plan": {"x": {"y": 1}}}, {"plan": {"x": {"y": 1, "z": None}}}),
+    ({"conditions": [{"a": 1}]}, {"conditions": []}, {"conditions": []}),  # lists are replaced
+])
+def test_status_patch_removes_what_is_no_longer_written(old: dict[str, Any], new: dict[str, Any],
+                                                        patch: dict[str, Any]) -> None:
+    from kvcap.controller.decide import status_patch
+
+    assert status_patch(old, new) == patch

@@ -210,6 +210,19 @@ def test_parse_settings() -> None:
 # --- the whole pipeline against an in-memory API server ---------------------------------------------
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies application/merge-patch+json."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class FakeKube:
     """Just enough of kvcap.clients.kube.Kube: objects keyed by (plural, namespace, name), SSA as replace."""
 
@@ -277,7 +290,7 @@ class FakeKube:
         if resource_version and stored["metadata"].get("resourceVersion") != resource_version:
             raise ApiError(409, "Conflict", "the object has been modified")
         self.status_patches.append(status)
-        stored["status"] = {**stored.get("status", {}), **copy.deepcopy(status)}
+        stored["status"] = merge_patch(stored.get("status", {}), copy.deepcopy(status))
         self.bump(stored)
         return copy.deepcopy(stored)
 

@@ -727,6 +727,19 @@ def change_marker(obj: Mapping[str, Any]) -> str:
     return f"g{meta['generation']}" if meta.get("generation") else f"r{meta.get('resourceVersion')}"
 
 
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns the stored status `old` into `new`: `new`, plus a null for
+    every key of a nested object that `new` no longer has (a merge patch keeps what it does not
+    mention, so a field kvcap stopped writing would otherwise stay, and differ, forever)."""
+    patch: dict[str, Any] = dict(new)
+    for key, before in old.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(before, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = status_patch(before, new[key])
+    return patch
+
+
 def decide(obs: Observation, policy: Policy) -> Decision:
     """Plan and render: the children this ModelDeployment should have, or why none are touched."""
     spec, invalid = parse_spec(obs.obj)
@@ -882,5 +895,6 @@ __all__ = [
     "parse_model_config",
     "pinned_plan",
     "skip_resync",
+    "status_patch",
     "unschedulable_pods",
 ]

@@ -95,6 +95,7 @@ from kvcap.controller.decide import (
     pods_needed,
     replan_token,
     skip_resync,
+    status_patch,
     unschedulable_pods,
 )
 from kvcap.controller.render import Features, Owner, RenderOptions, child_key, owner_selector
@@ -623,7 +624,7 @@ async def write_status(
             PLURAL,
             meta["namespace"],
             meta["name"],
-            status,
+            status_patch(obj.get("status") or {}, status),
             resource_version=meta.get("resourceVersion"),
         )
     except ApiError as err:
@@ -644,7 +645,7 @@ async def write_initial_status(ctx: OperatorContext, obj: dict[str, Any]) -> dic
         "observedGeneration": generation,
         "conditions": initial_conditions(generation, now_utc()),
     }
-    written = await write_status(ctx, obj, initial)
+    written = await write_status(ctx, obj, {**(obj.get("status") or {}), **initial})
     if written.get("metadata"):
         return written
     return {**obj, "status": {**(obj.get("status") or {}), **initial}}
