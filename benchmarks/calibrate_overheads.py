@@ -11,7 +11,8 @@ the v0.19 MoE activation peaks within 0.1 GiB and took leave-one-source-out from
 median once the H200/B200 totals were the CUDA runtime's (with nvidia-smi totals it made H100 worse,
 0.29 -> 0.49). Charging it only to unquantized experts was worse (0.67; v0.19 0.31). Not charged
 where vLLM's kernel oracle picks FlashInfer's fused MoE (fp8/NVFP4 experts on Blackwell from
-0.16, `memory.profile_moe_workspace_bytes`): 0.52 -> 0.51, B200 0.98 -> 0.76.
+0.16, `memory.profile_moe_workspace_bytes`): 0.52 -> 0.51, B200 0.98 -> 0.76; gpt-oss's mxfp4
+experts by their own backend (OpenAI Triton kernels on Hopper): 0.51 -> 0.45.
 (tried and left out: a term in T x top_k x expert width / TP fits with a negative sign; tying
 non-torch memory of TP 4 to TP 2 makes leave-one-source-out worse, tying TP 8 to TP 4 -- kept --
 makes it better: 1.17 -> 1.04 GiB median.)

@@ -400,3 +400,22 @@ def test_moe_workspace_follows_the_kernel_vllm_picks(gpu_name, version, quantiza
     gpu = replace(H100, name=gpu_name)
     got = profile_moe_workspace_bytes(moe, gpu, 1, 8192, profile(version), quantization)
     assert got == (fused_moe_workspace_bytes(moe, 1, 8192) if charged else 0)
+
+
+# mxfp4 experts (gpt-oss) follow `get_mxfp4_backend`: OpenAI's Triton kernels on Hopper
+# (OAITritonExperts: M x top_k x N/2 swiglu output + M x K output), FlashInfer on Blackwell,
+# Marlin elsewhere (charged as the Triton experts, an upper bound).
+@pytest.mark.parametrize(("gpu_name", "kind"), [
+    ("H100-80GB", "oai"), ("H200-141GB", "oai"), ("B200", "none"), ("A100-80GB", "triton"),
+])
+def test_mxfp4_moe_workspace_follows_the_backend(gpu_name, kind):
+    from dataclasses import replace
+
+    from kvcap.capacity.memory import fused_moe_workspace_bytes, profile_moe_workspace_bytes
+    from kvcap.capacity.vllm_version import profile
+    moe = parse_config(deepseek_mla())  # hidden 2048, moe_intermediate 1408, top-k 6
+    gpu = replace(H100, name=gpu_name)
+    got = profile_moe_workspace_bytes(moe, gpu, 2, 8192, profile("0.19.0"), "mxfp4")
+    expected = {"oai": (8192 * 6 * 704 + 8192 * 2048) * 2, "none": 0,
+                "triton": fused_moe_workspace_bytes(moe, 2, 8192)}[kind]
+    assert got == expected

@@ -512,12 +512,33 @@ def profile_moe_workspace_bytes(arch: ModelArch, gpu: Gpu, tp: int, tokens: int,
     """The fused-MoE workspace the V1 profile run allocates on this GPU: the Triton experts'
     (`fused_moe_workspace_bytes`) unless the version's kernel oracle picks FlashInfer's fused
     kernel -- quantized (fp8 / NVFP4) experts on Blackwell from 0.16 (`vllm_version`,
-    "blackwell_quantized_moe_flashinfer")."""
+    "blackwell_quantized_moe_flashinfer") -- and mxfp4 experts by their own backend."""
     if prof.engine != "V1" or not arch.is_moe:
         return 0
-    quantized = bool(quantization or arch.quant_method) and arch.quant_method != "mxfp4"
-    if prof.blackwell_quantized_moe_flashinfer and quantized and is_sm100(gpu):
+    method = (quantization or arch.quant_method or "").lower()
+    if method == "mxfp4":
+        return _mxfp4_workspace_bytes(arch, gpu, tp, tokens)
+    if prof.blackwell_quantized_moe_flashinfer and method and is_sm100(gpu):
         return 0
+    return fused_moe_workspace_bytes(arch, tp, tokens)
+
+
+def _mxfp4_workspace_bytes(arch: ModelArch, gpu: Gpu, tp: int, tokens: int) -> int:
+    """mxfp4 experts (gpt-oss) by the backend `get_mxfp4_backend` picks
+    (vllm/model_executor/layers/quantization/mxfp4.py): FlashInfer's fused MoE on SM100 (no Triton
+    workspace); on Hopper, with no FlashInfer env override, OpenAI's Triton kernels
+    (`OAITritonExperts.workspace_shapes`: workspace1 (0, 0), workspace2 (M x top_k, N / 2) for the
+    gated swiglu output -- the matmul fuses the activation, so the N-wide product never exists --
+    and output (M, K)); elsewhere (Marlin, compute capability < 9) the Triton experts' shapes as an
+    upper bound. v0.19 H100 logs: gpt-oss-20b activation 2.87 GiB at TP 1 and 2, 0.35 / 0.27 GiB
+    below the Triton-shaped charge and within 0.05 GiB of this one."""
+    if is_sm100(gpu):
+        return 0
+    if gpu.vendor == "nvidia" and gpu.name.upper().startswith(("H100", "H200", "GH200")):
+        m = min(tokens, FUSED_MOE_CHUNK_SIZE)
+        swiglu_out = arch.moe_intermediate_size // tp
+        elems = m * arch.experts_per_token * swiglu_out + m * arch.hidden_size
+        return elems * arch.dtype_bytes
     return fused_moe_workspace_bytes(arch, tp, tokens)
 
 
