@@ -12,7 +12,8 @@ median once the H200/B200 totals were the CUDA runtime's (with nvidia-smi totals
 0.29 -> 0.49). Charging it only to unquantized experts was worse (0.67; v0.19 0.31). Not charged
 where vLLM's kernel oracle picks FlashInfer's fused MoE (fp8/NVFP4 experts on Blackwell from
 0.16, `memory.profile_moe_workspace_bytes`): 0.52 -> 0.51, B200 0.98 -> 0.76; gpt-oss's mxfp4
-experts by their own backend (OpenAI Triton kernels on Hopper): 0.51 -> 0.45.
+experts by their own backend (OpenAI Triton kernels on Hopper): 0.51 -> 0.45; Nemotron-H's
+non-gated experts: 0.45 -> 0.44.
 (tried and left out: a term in T x top_k x expert width / TP fits with a negative sign; tying
 non-torch memory of TP 4 to TP 2 makes leave-one-source-out worse, tying TP 8 to TP 4 -- kept --
 makes it better: 1.17 -> 1.04 GiB median.)

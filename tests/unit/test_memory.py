@@ -419,3 +419,15 @@ def test_mxfp4_moe_workspace_follows_the_backend(gpu_name, kind):
     expected = {"oai": (8192 * 6 * 704 + 8192 * 2048) * 2, "none": 0,
                 "triton": fused_moe_workspace_bytes(moe, 2, 8192)}[kind]
     assert got == expected
+
+
+def test_nemotron_h_experts_are_not_gated():
+    """nemotron_h.py builds the experts with relu2_no_mul: w13 holds I/TP rows (no gate) and the
+    activation keeps N columns. Nemotron-3-Nano: hidden 2688, moe_intermediate 1856, top-k 6."""
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.memory import fused_moe_workspace_bytes, moe_experts_gated
+    nano = load_model("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+    assert not moe_experts_gated(nano)
+    assert moe_experts_gated(parse_config(deepseek_mla()))
+    # max(N, K) twice, N = 1856 < K = 2688; gated it would have been max(1856, K) + max(3712, K)
+    assert fused_moe_workspace_bytes(nano, 1, 8192) == (8192 * 6 * (2688 + 2688) + 8192 * 2688) * 2

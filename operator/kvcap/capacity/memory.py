@@ -409,8 +409,7 @@ def rocm_moe_padding_bytes(arch: ModelArch, tp: int, quantization: str | None) -
     if (not arch.is_moe or not arch.moe_intermediate_size or not arch.expert_parameters
             or (quantization or arch.quant_method)):
         return 0
-    gated = not any(a.startswith("NemotronH") for a in arch.architectures)
-    mult = 3 if gated else 2
+    mult = 3 if moe_experts_gated(arch) else 2
     inter, hidden, wb = arch.moe_intermediate_size, arch.hidden_size, arch.dtype_bytes
     layer_experts = arch.expert_parameters // (mult * hidden * inter)  # MoE layers x experts
     rows = 0
@@ -481,20 +480,31 @@ def fused_moe_workspace_bytes(arch: ModelArch, tp: int, tokens: int) -> int:
     (M, top_k, max(N, K)), output = (M, K), in the activation dtype, with M the tokens of one chunk
     (`FUSED_MOE_CHUNK_SIZE`), N = 2 x moe_intermediate_size / TP (one rank's merged gate/up
     projection) and K = hidden size. They are live together while one layer runs and reused by the
-    next, so one layer's worth is the peak. Charged to every V1 version (v0.8+): the pre-modular
+    next, so one layer's worth is the peak. Non-gated experts (`moe_experts_gated`) have
+    N = I/TP and an activation output of N. Charged to every V1 version (v0.8+): the pre-modular
     `fused_experts_impl` allocated the same caches (cache1/cache3 sharing M x top_k x max(N, K),
     cache2 M x top_k x N / 2, and the output). Measured against vLLM's own profiler lines: the v0.19
     MoE activation peaks of the validation set (DeepSeek-V2-Lite, Mixtral TP 2, Qwen3-30B-A3B,
     Qwen1.5-MoE, Llama-4-Scout) within 0.1 GiB. Not modelled: kernels that allocate elsewhere
-    (FlashInfer/CUTLASS on Blackwell, ROCm AITER), Nemotron-H's non-gated latent experts.
+    (ROCm AITER) and Nemotron-3 Super's latent experts, which run at `moe_latent_size` (1,024)
+    rather than the hidden size -- `ModelArch` has no field for it.
     """
     if not (arch.is_moe and arch.experts_per_token and arch.moe_intermediate_size):
         return 0
     m = min(tokens, FUSED_MOE_CHUNK_SIZE)
-    n = 2 * arch.moe_intermediate_size // tp
+    gated = moe_experts_gated(arch)
+    n = (2 if gated else 1) * arch.moe_intermediate_size // tp
+    act_out = n // 2 if gated else n  # `adjust_N_for_activation`: N for *_no_mul activations
     k = arch.hidden_size
-    elems = m * arch.experts_per_token * (max(n // 2, k) + max(n, k)) + m * k
+    elems = m * arch.experts_per_token * (max(act_out, k) + max(n, k)) + m * k
     return elems * arch.dtype_bytes
+
+
+def moe_experts_gated(arch: ModelArch) -> bool:
+    """Whether the routed experts are gated (merged gate/up w13, activation-and-multiply).
+    vllm/model_executor/models/nemotron_h.py builds Nemotron-H's experts with `relu2_no_mul`
+    (`is_act_and_mul=False`): up and down projections only. Every other MoE kvcap knows is gated."""
+    return not any(a.startswith("NemotronH") for a in arch.architectures)
 
 
 # Blackwell data-center GPUs (SM100): FlashInfer's TRT-LLM MoE kernels run there only.
