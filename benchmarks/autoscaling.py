@@ -19,66 +19,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
-import math  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
 from kvcap.api.models import parse_manifest  # noqa: E402
 from kvcap.capacity.configs import load_model  # noqa: E402
-from kvcap.capacity.latency import pairs  # noqa: E402
-from kvcap.sim import run as simrun  # noqa: E402
-from kvcap.sim.model import PodView, PoolSetup, Slo  # noqa: E402
-from kvcap.sim.policies import Kvcap  # noqa: E402
+from kvcap.sim.model import Slo  # noqa: E402
 from kvcap.sim.run import POLICIES, SimOptions, run  # noqa: E402
 from kvcap.sim.trace import read_trace, scale  # noqa: E402
-
-PROPOSAL = "kvcap+ (proposal)"
-
-
-@dataclass
-class KvcapProposal(Kvcap):
-    """An experiment, not the operator's policy: kvcap's `decide`, plus (1) a compute floor --
-    replicas the measured prompt and generation token rates need at 80 % busy, from the same
-    step-time model the planner uses -- and (2) a scale-down that, once the delay has passed,
-    goes straight to what demand needs instead of one replica per delay."""
-
-    name: str = PROPOSAL
-
-    def desired(self, pool: int, setup: PoolSetup, now: float, replicas: int,
-                pods: list[PodView]) -> int:
-        d = self.decision(pool, setup, now, replicas, pods)
-        ready = [p for p in pods if p.ready]
-        if not ready:
-            return d.desired_replicas
-        m, e = setup.model, setup.engine
-        chunk = e.max_num_batched_tokens
-        per_prefill_token = m.step_time(chunk, pairs(0, chunk), 0, 0) / chunk
-        ctx = int(setup.mean_prompt + setup.mean_output / 2)
-        # Decode cost per token at the batch a replica holds at the KV target (not the observed
-        # batch: that shrinks as replicas are added and would feed back into more replicas).
-        batch = max(1, min(e.max_num_seqs, int(0.8 * setup.kv_tokens_per_replica / max(ctx, 1))))
-        per_decode_token = m.decode_step(batch, batch * ctx) / batch
-        busy = sum(p.prompt_token_rate for p in ready) * per_prefill_token \
-            + sum(p.generation_token_rate for p in ready) * per_decode_token
-        floor = math.ceil(busy / 0.8 - 1e-9)
-        want = d.desired_replicas
-        if d.action == "down":
-            want = max(d.figures.needed_replicas, floor)
-        else:
-            want = max(want, min(floor, replicas + max(1, replicas)))
-        return self.bounds.clamp(want)
-
-
-def _make_policy(name, spec, setups, need, opts):  # type: ignore[no-untyped-def]
-    if name == PROPOSAL:
-        base = simrun.make_policy("kvcap", spec, setups, need, opts)
-        assert isinstance(base, Kvcap)
-        return KvcapProposal(base.bounds, base.target_kv_utilization_percent,
-                             base.scale_down_delay_s, base.gpu_budget)
-    return _original_make_policy(name, spec, setups, need, opts)
-
-
-_original_make_policy = simrun.make_policy
-simrun.make_policy = _make_policy
 
 
 def manifest(name: str, workload: dict[str, Any], max_replicas: int = 32) -> dict[str, Any]:
@@ -147,11 +92,11 @@ def main() -> int:
         spec = parse_manifest(m).spec
         arch = load_model(spec.model.name)
         base = read_trace(ns.traces / path)
-        results[name] = {p: [] for p in (*POLICIES, PROPOSAL)}
+        results[name] = {p: [] for p in POLICIES}
         for seed in ns.seeds:
             t0 = time.monotonic()
             doc, runs = run(spec, scale(base, k, seed), arch,
-                            SimOptions(policies=(*POLICIES, PROPOSAL), seed=seed, slo=slo,
+                            SimOptions(policies=POLICIES, seed=seed, slo=slo,
                                        warm_start=True))
             print(f"{name} seed {seed}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
             for p, metrics in doc["policies"].items():
@@ -202,7 +147,7 @@ def findings(results: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
     if split in results and one in results:
         out += ["", "Mooncake, split short/long pools vs one pool for the longest context "
                 "(GPU-hours @ SLO attainment):", ""]
-        for p in ("kvcap", "static", PROPOSAL):
+        for p in ("kvcap", "static"):
             if p in results[split]:
                 out.append(f"- {p}: split {m(split, p, 'gpu_hours'):.2f} @ "
                            f"{100 * m(split, p, 'slo_attainment'):.1f} %, one pool "
@@ -224,7 +169,6 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], docs: dict[str, 
            "same pools, the same trace and the same cluster model (15 s scrapes, pod start-up "
            "60 s + weights at 1 GB/s). Every policy starts with the replicas the opening minutes "
            "need (`warm_start`), so a cold start under full load does not decide the comparison. "
-           f"`{PROPOSAL}` is an experiment run here, not the operator's policy (see the end). "
            "A seed picks the time rotation of the superposed copies, so the x1 Mooncake runs are "
            "the same for every seed. "
            "See docs/simulator.md for what the simulator models.", ""]

@@ -42,6 +42,9 @@ def obs(replicas: int, pods: list[p.PodSample], now: float = 1000.0, **kw: objec
     return p.PoolObservation(now=now, replicas=replicas, pods=tuple(pods), **kw)  # type: ignore[arg-type]
 
 
+# Token prices for the compute floor (rule 4): 100 us per prompt token, 1 ms per generated token.
+PRICED: dict[str, object] = {"prefill_seconds_per_token": 1e-4, "decode_seconds_per_token": 1e-3}
+
 CASES = [
     # id, spec overrides, observation, state, expected desired, expected action, message fragment
     ("hold-within-target", {}, obs(2, [pod(0, 0.6), pod(1, 0.6)]), p.PoolState(), 2, "hold", "≤ 75 % of 2 × 1.00M"),
@@ -67,7 +70,7 @@ CASES = [
     ("low-starts-window", {}, obs(3, [pod(0), pod(1), pod(2)]), p.PoolState(), 3, "hold", "low for 0s of 300s"),
     ("low-inside-window", {}, obs(3, [pod(0), pod(1), pod(2)]), p.PoolState(low_since=800.0), 3, "hold", "low for 200s of 300s"),
     # window elapsed: one step down even though 1 replica would do
-    ("low-window-elapsed-one-step", {}, obs(3, [pod(0), pod(1), pod(2)]), p.PoolState(low_since=700.0), 2, "down", "one step down from 3"),
+    ("low-window-elapsed-one-step", {}, obs(3, [pod(0), pod(1), pod(2)]), p.PoolState(low_since=700.0), 2, "down", "halfway down from 3"),
     ("never-below-min", {"min_replicas": 3}, obs(3, [pod(0), pod(1), pod(2)]), p.PoolState(low_since=0.0), 3, "hold", "≤"),
     # missing data for a Ready pod: no scale-down, even with the window elapsed
     ("missing-blocks-scale-down", {}, obs(3, [pod(0), pod(1), pod(2, NAN)]), p.PoolState(low_since=0.0), 3, "hold", "MetricsMissing"),
@@ -94,6 +97,28 @@ CASES = [
     # replicas are added while it waits for a GPU
     ("unschedulable-stops-scale-up", {}, obs(3, [pod(0, 1.0, waiting=300.0), pod(1, 1.0), pod(2, NAN, ready=False, unschedulable=True)]), p.PoolState(), 3, "hold", "1 replica cannot be scheduled"),
     ("unschedulable-only-holds", {}, obs(2, [pod(0, NAN, ready=False, unschedulable=True), pod(1, NAN, ready=False, unschedulable=True)]), p.PoolState(), 2, "hold", "2 replicas unschedulable"),
+    # window elapsed, 6 replicas where 1 would do: halfway (6 - floor(5/2) = 4), not one step
+    ("low-window-elapsed-halfway", {}, obs(6, [pod(i) for i in range(6)]), p.PoolState(low_since=700.0), 4, "down", "4 replicas (halfway down from 6)"),
+    # --- with token prices (rule 4's compute floor and rule 5's priced pressure) ---
+    # compute floor: 2 x 10k prompt tokens/s x 100 us = 2.0 s of steps per s, at 70 % busy -> 3
+    ("up-on-compute-floor", PRICED, obs(2, [pod(0, 0.1, prompt_token_rate=10_000.0), pod(1, 0.1, prompt_token_rate=10_000.0)]), p.PoolState(), 3, "up", "token rates need 2.00 replica-seconds/s of steps > 70% busy of 2 replicas → 3 replicas"),
+    # decode counts too: + 2 x 500 generated tokens/s x 1 ms = 3.0 s/s -> ceil(3.0 / 0.7) = 5
+    ("up-on-compute-floor-with-decode", PRICED, obs(2, [pod(i, 0.1, prompt_token_rate=10_000.0, generation_token_rate=500.0) for i in range(2)]), p.PoolState(), 5, "up", "3.00 replica-seconds/s"),
+    # the floor holds replicas KV alone would release: 3 x 5k x 100 us = 1.5 s/s -> 3 at 70 %
+    ("compute-floor-blocks-scale-down", PRICED, obs(3, [pod(i, 0.01, prompt_token_rate=5_000.0) for i in range(3)]), p.PoolState(low_since=0.0), 3, "hold", "≤"),
+    # ... and is where the halfway step-down aims: 6 x 2k x 100 us = 1.2 s/s -> 2; 6 - 2 = 4
+    ("compute-floor-is-the-step-down-target", PRICED, obs(6, [pod(i, 0.01, prompt_token_rate=2_000.0) for i in range(6)]), p.PoolState(low_since=0.0), 4, "down", "token rates need 2 replicas at 70% busy"),
+    # 2 capacity-waiting requests: 4.8k tokens fit the free KV, 2 x 2000 x 100 us / 2 = 0.2 s of
+    # queued prefill per replica <= 0.25 s: fresh arrivals, not pressure (vLLM PR #38435)
+    ("priced-short-queue-is-not-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=2.0, waiting=2.0), pod(1, 0.3)]), p.PoolState(), 2, "hold", "low for 0s of 300s"),
+    # ... the same queue without prices is pressure (the only compute signal left)
+    ("unpriced-short-queue-is-pressure", {}, obs(2, [pod(0, 0.3, waiting_capacity=2.0, waiting=2.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "2 waiting for capacity"),
+    # 10 waiting: 10 x 2000 x 100 us / 2 = 1.0 s of queued prefill per replica > 0.25 s
+    ("priced-queue-seconds-are-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=10.0, waiting=10.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "1.0s of queued prefill per Ready replica > 0.25s"),
+    # 20 waiting x 2.4k = 48k tokens > 40k free KV (2 x 2% of 1M): pressure at any prefill speed
+    ("priced-queue-over-free-kv-is-pressure", {**PRICED, "prefill_seconds_per_token": 1e-9, "target_kv_utilization_percent": 100}, obs(2, [pod(0, 0.98, waiting_capacity=20.0, waiting=20.0), pod(1, 0.98)]), p.PoolState(), 3, "up", "48k queued tokens > 40k free"),
+    # a Ready replica's preemptions stay pressure with prices
+    ("priced-preemptions-are-pressure", PRICED, obs(2, [pod(0, 0.3, preemption_rate=0.1), pod(1, 0.3)]), p.PoolState(), 3, "up", "0.1 preemptions/s"),
 ]
 
 
@@ -166,6 +191,57 @@ def test_scale_down_is_one_step_per_window() -> None:
     assert steps == [300, 600, 900]
 
 
+def test_scale_down_halves_the_excess_per_window() -> None:
+    """From 9 replicas at idle: 9 -> 5 -> 3 -> 2 -> 1, one step per elapsed window."""
+    s, state, replicas, path = spec(max_replicas=9), p.PoolState(), 9, [9]
+    for now in range(0, 1600, 30):
+        pods = [pod(i, 0.01, t=float(now)) for i in range(replicas)]
+        d = p.decide(s, obs(replicas, pods, now=float(now)), state)
+        state, replicas = d.state, d.desired_replicas
+        if d.action == "down":
+            path.append(replicas)
+    assert path == [9, 5, 3, 2, 1]
+
+
+def test_trend_follows_running_demand_not_the_queue() -> None:
+    """A backlog draining into flat running demand is not a trend: no look-ahead, and the trend
+    keeps in-use + decode growth only."""
+    state = p.PoolState(trend=((900.0, 400_000.0), (950.0, 400_000.0)))
+    # in use 2 x 0.2 x 1M = 400k, no running; 100 waiting x 2.4k = 240k queued
+    d = p.decide(spec(), obs(2, [pod(0, 0.2, waiting_capacity=100.0), pod(1, 0.2)]), state)
+    assert d.figures.demand_tokens == pytest.approx(400_000 + 240_000)
+    assert d.state.trend[-1] == (1000.0, pytest.approx(400_000.0))
+    assert "look-ahead" not in d.message
+
+
+def test_token_costs_price_a_chunk_and_a_decode_batch_at_the_target() -> None:
+    from kvcap.api.models import parse_manifest
+    from kvcap.capacity.catalog import get_gpu
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.latency import pairs
+    from kvcap.capacity.planner import step_model_for
+
+    md = parse_manifest({
+        "apiVersion": "kvcap.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+        "spec": {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+                 "workload": {"maxContextTokens": 8192, "targetConcurrency": 16},
+                 "gpu": {"products": ["H100-80GB"]}},
+    }).spec
+    step, _ = step_model_for(load_model(md.model.name), get_gpu("H100-80GB"), md, 1, 1, 8192)
+    length = p.LengthModel(mean_prompt_tokens=1800, mean_output_tokens=400)  # context 2000
+    kw = dict(chunk_tokens=8192, kv_tokens_per_replica=400_000, length=length,
+              target_kv_utilization_percent=80)
+    prefill, decode = p.token_costs(step, max_num_seqs=1024, **kw)  # type: ignore[arg-type]
+    assert prefill == pytest.approx(step.step_time(8192, pairs(0, 8192), 0, 0) / 8192)
+    # batch at the target: 0.8 x 400k / 2000 = 160 sequences
+    assert decode == pytest.approx(step.decode_step(160, 160 * 2000) / 160)
+    # an H100 prefills an 8B model at 10-50k tokens/s; a decode token costs more than a prompt token
+    assert 1 / 50_000 < prefill < 1 / 10_000 < decode
+    # max_num_seqs caps the batch, and a smaller batch costs more per token
+    _, one = p.token_costs(step, max_num_seqs=1, **kw)  # type: ignore[arg-type]
+    assert one == pytest.approx(step.decode_step(1, 2000)) and one > decode
+
+
 def test_pressure_gap_restarts_window() -> None:
     s = spec()
     low = p.decide(s, obs(3, [pod(0), pod(1), pod(2)], now=1000.0), p.PoolState(low_since=900.0))
@@ -233,6 +309,8 @@ def test_decide_is_pure() -> None:
         ({"min_replicas": 5, "max_replicas": 4}, "min_replicas <= max_replicas"),
         ({"target_kv_utilization_percent": 0}, "1..100"),
         ({"kv_tokens_per_replica": 0}, ">= 1"),
+        ({"prefill_seconds_per_token": -1.0}, "prefill_seconds_per_token must be finite"),
+        ({"decode_seconds_per_token": NAN}, "decode_seconds_per_token must be finite"),
     ],
 )
 def test_spec_rejects_nonsense(kw: dict[str, object], fragment: str) -> None:

@@ -32,19 +32,30 @@ The rule (docs/autoscaling.md explains it with examples):
 3. Demand = tokens in use
          + capacity-waiting requests x (mean prompt x (1 - prefix-cache hit rate) + mean output)
          + running requests x mean output / 2      (decode growth still to come, on average)
-         + the recent trend of demand x the replica start-up time (look-ahead: from at least
-           MIN_TREND_SPAN_SECONDS of history, at most LOOKAHEAD_CAP x demand).
+         + the recent trend of *running* demand (tokens in use + decode growth, not the queue:
+           a draining backlog is not growth) x the replica start-up time (look-ahead: from at
+           least MIN_TREND_SPAN_SECONDS of history, at most LOOKAHEAD_CAP x running demand).
    Capacity-waiting is `vllm:num_requests_waiting_by_reason{reason="capacity"}` where the server
    splits its queue, else `vllm:num_requests_waiting`.
 4. Needed replicas = ceil(demand / (target % x capacity per replica)), and, when the plan's
-   `max_num_seqs` is known, at least ceil((running + capacity-waiting) / (target % x max_num_seqs)).
-5. Pressure (capacity-waiting requests or preemptions) while every replica is Ready adds at least
-   one replica: KV % alone misses prefill-bound saturation. Replicas that exist but are not Ready
-   are capacity that is coming: they count in the arithmetic and suppress that extra replica, so a
-   long model load does not cascade.
+   `max_num_seqs` is known, at least ceil((running + capacity-waiting) / (target % x max_num_seqs)),
+   and, when the spec prices a token (`prefill_seconds_per_token`, `decode_seconds_per_token`,
+   from the step-time model of `kvcap.capacity.latency`), at least the compute floor
+   ceil((prompt tokens/s x prefill cost + generated tokens/s x decode cost) / COMPUTE_TARGET):
+   KV use alone misses compute-bound load (5-15 % KV while the replicas are saturated).
+5. Pressure while every replica is Ready adds at least one replica: preemptions, or queued tokens
+   (capacity-waiting x tokens per waiting request) that do not fit the free KV of the Ready
+   replicas. A few waiting requests that fit the free KV are not pressure: vLLM counts fresh
+   arrivals as capacity-waiting too (PR #38435), and on prefill-heavy pools "any waiting request"
+   added a replica every tick at 2 % KV use. Without token prices (no compute floor) any
+   capacity-waiting request is pressure, as the only compute signal left. Replicas that exist but
+   are not Ready are capacity that is coming: they count in the arithmetic and suppress that extra
+   replica, so a long model load does not cascade.
 6. Up: straight to the needed count. Down: only after `scale_down_delay_seconds` of continuously
-   low demand, one replica at a time (the window restarts after each step), never below the
-   needed count. Always within [min, max] and the GPU budget.
+   low demand, then halfway to the needed count (at least one replica; the window restarts after
+   each step), so an excess of n replicas is gone after about log2(n) windows instead of n, while
+   a burst after a quiet window still finds half the excess. Never below the needed count (which
+   holds what the running requests use). Always within [min, max] and the GPU budget.
 7. Missing, stale or NaN data for a Ready pod never scales down (the low-demand window restarts);
    a scale-up the known data alone justifies still happens (the missing pods count as empty, so
    demand is a lower bound). Prometheus down holds the replica count.
@@ -64,12 +75,23 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kvcap.api import constants as kc
+from kvcap.capacity.latency import StepModel, pairs
 from kvcap.capacity.plan_types import PoolPlan
 
 NAN = float("nan")
 MAX_TREND_POINTS = 32  # demand points kept for the trend (the CRD allows 64)
 MIN_TREND_SPAN_SECONDS = 30.0  # history the trend needs before it looks ahead
-LOOKAHEAD_CAP = 0.5  # the look-ahead adds at most this share of current demand
+LOOKAHEAD_CAP = 0.5  # the look-ahead adds at most this share of current running demand
+# Busy share of a replica's step time the compute floor sizes for. The token rates are 2-minute
+# means and chat/code traffic bursts within them; 70 % (the clairvoyant reference's share of
+# prefill throughput in kvcap.sim) measured best in benchmarks/autoscaling.py against 60 and 80 %
+# (docs/benchmarks.md).
+COMPUTE_TARGET = 0.7
+# With token prices, waiting requests are pressure (rule 5) when the queued prompt tokens would
+# take a Ready replica longer than this to prefill (a fair share of a 1-2 s TTFT objective;
+# tried 0.1, 0.25 and 0.5 s in benchmarks/autoscaling.py).
+QUEUE_SECONDS_LIMIT = 0.25
+DOWN_STEP_SHARE = 0.5  # share of the excess replicas one scale-down step removes (at least one)
 X, TO, GE, LE = "\u00d7", "\u2192", "\u2265", "\u2264"  # x, ->, >=, <= in messages
 
 Action = Literal["up", "down", "hold"]
@@ -121,6 +143,10 @@ class ScalingSpec:
     stale_after_seconds: float = 120.0  # samples older than this count as stale
     trend_window_seconds: float = 300.0  # demand history used for the trend
     capacity_tolerance_percent: float = 2.0  # reported vs planned KV capacity
+    # Seconds of replica step time per prompt token and per generated token (see
+    # `token_costs`); None: no compute floor (rule 4), and any capacity-waiting request is pressure.
+    prefill_seconds_per_token: float | None = None
+    decode_seconds_per_token: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -134,6 +160,17 @@ class ScalingSpec:
             raise ValueError("ScalingSpec: kv_tokens_per_replica and gpus_per_replica must be >= 1")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError("ScalingSpec: max_num_seqs must be >= 1 when set")
+        for name in ("prefill_seconds_per_token", "decode_seconds_per_token"):
+            cost = getattr(self, name)
+            if cost is not None and not (math.isfinite(cost) and cost >= 0):
+                raise ValueError(f"ScalingSpec: {name} must be finite and >= 0 when set")
+
+    @property
+    def prices_tokens(self) -> bool:
+        """Whether the compute floor (rule 4) applies."""
+        return (
+            self.prefill_seconds_per_token is not None or self.decode_seconds_per_token is not None
+        )
 
     @property
     def upper_bound(self) -> int:
@@ -159,6 +196,8 @@ class PodSample:
     waiting_capacity: float = NAN  # vllm:num_requests_waiting_by_reason{reason="capacity"}
     preemption_rate: float = NAN  # rate(vllm:num_preemptions_total)
     prefix_cache_hit_rate: float = NAN  # rate(hits) / rate(queries), 0..1
+    prompt_token_rate: float = NAN  # rate(vllm:prompt_tokens_total)
+    generation_token_rate: float = NAN  # rate(vllm:generation_tokens_total)
     sample_time: float = NAN  # time of the newest KV-usage sample (the clock of `now`)
     # Pending with PodScheduled=False/Unschedulable: not capacity that is coming (no GPU is free
     # for it), and a sign that more replicas would not be placed either.
@@ -181,7 +220,7 @@ class PoolState:
 
     low_since: float | None = None  # when demand first fitted fewer replicas (None: not low)
     last_scale_time: float | None = None
-    trend: tuple[tuple[float, float], ...] = ()  # (time, demand tokens), oldest first
+    trend: tuple[tuple[float, float], ...] = ()  # (time, running demand tokens), oldest first
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -245,6 +284,7 @@ class Figures:
     capacity_waiting: float
     preemption_rate: float
     prefix_cache_hit_rate: float  # NaN when not reported
+    compute_replicas: int = 0  # the compute floor (rule 4; 0 without token prices)
     needed_replicas: int  # before bounds, delays and one-step scale-down
 
 
@@ -277,6 +317,30 @@ def length_model_for(pool: PoolPlan) -> LengthModel:
         mean_prompt_tokens=per_request * (1 - OUTPUT_SHARE),
         mean_output_tokens=per_request * OUTPUT_SHARE,
     )
+
+
+def token_costs(
+    step: StepModel,
+    *,
+    chunk_tokens: int,
+    max_num_seqs: int,
+    kv_tokens_per_replica: int,
+    length: LengthModel,
+    target_kv_utilization_percent: int,
+) -> tuple[float, float]:
+    """(prefill, decode) seconds of replica step time per prompt token and per generated token,
+    from the step-time model the planner and simulator use: a full `chunk_tokens` prefill step
+    over its tokens, and one decode step of the batch a replica holds at the KV target (mean
+    context = prompt + half the output) over that batch. The batch at the target, not the
+    observed one: the observed batch shrinks as replicas are added, and per-token decode cost
+    with it, which would feed back into more replicas."""
+    chunk = max(1, chunk_tokens)
+    prefill = step.step_time(chunk, pairs(0, chunk), 0, 0) / chunk
+    ctx = max(1, int(length.mean_prompt_tokens + length.mean_output_tokens / 2))
+    at_target = target_kv_utilization_percent / 100 * kv_tokens_per_replica / ctx
+    batch = max(1, min(max_num_seqs, int(at_target)))
+    decode = step.decode_step(batch, batch * ctx) / batch
+    return prefill, decode
 
 
 # --- formatting ---
@@ -505,31 +569,64 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
     hits = _finite([p.prefix_cache_hit_rate for p in ready])
     hit_rate = min(1.0, max(0.0, sum(hits) / len(hits))) if hits else NAN
 
+    ready_capacity = sum(
+        p.kv_capacity_tokens
+        if math.isfinite(p.kv_capacity_tokens) and p.kv_capacity_tokens > 0
+        else per_replica
+        for p in ready
+    )
+    free_tokens = max(0.0, ready_capacity - in_use)
+
     length = spec.length
     per_waiting = length.mean_prompt_tokens * (1 - z(hit_rate)) + length.mean_output_tokens
     queue_tokens = waiting * per_waiting
     growth_tokens = running * length.mean_output_tokens / 2
-    demand_now = in_use + queue_tokens + growth_tokens
+    running_demand = in_use + growth_tokens
+    demand_now = running_demand + queue_tokens
 
     complete = metrics.status == "True"
     window = spec.trend_window_seconds
     trend = tuple((t, d) for t, d in state.trend if now - window <= t < now)
     if complete:
-        trend = (*trend, (now, demand_now))[-MAX_TREND_POINTS:]
+        trend = (*trend, (now, running_demand))[-MAX_TREND_POINTS:]
     # A trend needs some history: a step seen over two close ticks is the pressure rule's business
-    # (rule 5), and extrapolating it over a long start-up would overshoot.
+    # (rule 5), and extrapolating it over a long start-up would overshoot. It follows running
+    # demand only: while a backlog drains into the servers the running demand rises, and
+    # extrapolating demand that still counts the queue would count that backlog twice.
     span = trend[-1][0] - trend[0][0] if trend else 0.0
     slope = trend_slope(trend) if span >= MIN_TREND_SPAN_SECONDS else 0.0
-    lookahead = min(max(0.0, slope * spec.startup_seconds), LOOKAHEAD_CAP * demand_now)
+    lookahead = min(max(0.0, slope * spec.startup_seconds), LOOKAHEAD_CAP * running_demand)
     demand = demand_now + lookahead
+
+    # Compute floor (rule 4): step time the measured token rates need, at COMPUTE_TARGET busy.
+    need_compute = 0
+    busy = 0.0
+    if spec.prices_tokens:
+        prompt_rate = sum(max(0.0, z(p.prompt_token_rate)) for p in ready)
+        gen_rate = sum(max(0.0, z(p.generation_token_rate)) for p in ready)
+        busy = prompt_rate * (spec.prefill_seconds_per_token or 0.0) + gen_rate * (
+            spec.decode_seconds_per_token or 0.0
+        )
+        need_compute = math.ceil(busy / COMPUTE_TARGET - 1e-9) if busy > 0 else 0
 
     per_target = target * per_replica
     need_tokens = math.ceil(demand / per_target - 1e-9) if demand > 0 else 0
     need_seqs = 0
     if spec.max_num_seqs is not None:
         need_seqs = math.ceil((running + waiting) / (target * spec.max_num_seqs) - 1e-9)
-    need = max(need_tokens, need_seqs)
-    pressure = waiting > 0 or preempt > 0
+    need = max(need_tokens, need_seqs, need_compute)
+    # Rule 5: with token prices, waiting requests are pressure only when their tokens do not fit
+    # the free KV; without them, any capacity-waiting request is (the only compute signal left).
+    queue_seconds = 0.0
+    if spec.prices_tokens and n_ready:
+        queued_prompt = waiting * length.mean_prompt_tokens * (1 - z(hit_rate))
+        queue_seconds = queued_prompt * (spec.prefill_seconds_per_token or 0.0) / n_ready
+    queue_pressure = (
+        queue_tokens > free_tokens or queue_seconds > QUEUE_SECONDS_LIMIT
+        if spec.prices_tokens
+        else waiting > 0
+    )
+    pressure = (waiting > 0 and queue_pressure) or preempt > 0
     if pressure and starting == 0:
         need = max(need, current + 1)
 
@@ -540,6 +637,17 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
     pressure_text = ""
     if pressure:
         pressure_text = f"{waiting:.0f} waiting for capacity, {preempt:.2g} preemptions/s"
+        if spec.prices_tokens and queue_pressure and waiting > 0:
+            if queue_tokens > free_tokens:
+                pressure_text += (
+                    f" ({format_tokens(queue_tokens)} queued tokens > "
+                    f"{format_tokens(free_tokens)} free)"
+                )
+            else:
+                pressure_text += (
+                    f" ({queue_seconds:.1f}s of queued prefill per Ready replica > "
+                    f"{QUEUE_SECONDS_LIMIT:g}s)"
+                )
         if starting:
             pressure_text += f" ({_plural(starting)} starting count as capacity)"
 
@@ -553,6 +661,7 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
         capacity_waiting=waiting,
         preemption_rate=preempt,
         prefix_cache_hit_rate=hit_rate,
+        compute_replicas=need_compute,
         needed_replicas=need,
     )
     new_state = replace(state, trend=trend)
@@ -576,6 +685,11 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
             whys.append(
                 f"{running + waiting:.0f} requests > {pct} % of {current} {X} "
                 f"{spec.max_num_seqs} seqs"
+            )
+        if need_compute > current:
+            whys.append(
+                f"token rates need {busy:.2f} replica-seconds/s of steps > "
+                f"{COMPUTE_TARGET:.0%} busy of {_plural(current)}"
             )
         if pressure and starting == 0:
             whys.append(pressure_text)
@@ -602,6 +716,11 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
 
     if need < current and current > lower:
         fits = f"{demand_text} fits {_plural(need)} at {pct} % of {format_tokens(per_replica)}"
+        if need_compute and need_compute >= max(need_tokens, need_seqs):
+            fits = (
+                f"{demand_text}; token rates need {_plural(need_compute)} "
+                f"at {COMPUTE_TARGET:.0%} busy"
+            )
         if pressure:
             return bounded_hold(
                 f"{fits}, but {pressure_text}", figures, replace(new_state, low_since=None)
@@ -615,13 +734,15 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
         low_since = state.low_since if state.low_since is not None else now
         waited = now - low_since
         if waited >= spec.scale_down_delay_seconds:
-            desired = _clamp(max(current - 1, need), lower, upper)
+            # Halfway to the need (at least one replica): log2(excess) windows, not one per replica.
+            halfway = min(current - 1, current - math.floor((current - need) * DOWN_STEP_SHARE))
+            desired = _clamp(max(halfway, need), lower, upper)
             if desired < current:
                 return decided(
                     "down",
                     desired,
                     f"{fits} for {waited:.0f}s {GE} {spec.scale_down_delay_seconds:g}s {TO} "
-                    f"{_plural(desired)} (one step down from {current})",
+                    f"{_plural(desired)} (halfway down from {current})",
                     replace(new_state, low_since=now, last_scale_time=now),
                 )
         return bounded_hold(
@@ -641,6 +762,7 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
 __all__ = [
     "CAPACITY_MATCHES_PLAN",
     "CAPACITY_NOT_REPORTED",
+    "COMPUTE_TARGET",
     "LOOKAHEAD_CAP",
     "METRICS_CURRENT",
     "METRICS_MISSING",
@@ -662,6 +784,7 @@ __all__ = [
     "decide",
     "format_tokens",
     "length_model_for",
+    "token_costs",
     "trend_slope",
     "verify_capacity",
 ]

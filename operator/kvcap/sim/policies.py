@@ -179,6 +179,15 @@ class Kvcap:
         return self.bounds.clamp(setup.planned_replicas)
 
     def spec(self, setup: PoolSetup) -> kv.ScalingSpec:
+        length = (kv.length_model_for(setup.plan) if setup.plan is not None else
+                  kv.LengthModel(mean_prompt_tokens=setup.mean_prompt,
+                                 mean_output_tokens=setup.mean_output))
+        # The same step-time model the replicas run on prices a token (rule 4's compute floor).
+        prefill, decode = kv.token_costs(
+            setup.model, chunk_tokens=setup.engine.max_num_batched_tokens,
+            max_num_seqs=setup.engine.max_num_seqs,
+            kv_tokens_per_replica=setup.kv_tokens_per_replica, length=length,
+            target_kv_utilization_percent=self.target_kv_utilization_percent)
         return kv.ScalingSpec(
             pool=setup.name,
             min_replicas=self.bounds.min_replicas,
@@ -191,10 +200,10 @@ class Kvcap:
             startup_seconds=setup.startup_s,
             # The operator's length model (controller/scaling.py uses the same function); without
             # a plan, the trace's own means.
-            length=kv.length_model_for(setup.plan) if setup.plan is not None else
-            kv.LengthModel(mean_prompt_tokens=setup.mean_prompt,
-                           mean_output_tokens=setup.mean_output),
+            length=length,
             max_num_seqs=setup.engine.max_num_seqs,
+            prefill_seconds_per_token=prefill,
+            decode_seconds_per_token=decode,
         )
 
     def desired(self, pool: int, setup: PoolSetup, now: float, replicas: int,
@@ -208,7 +217,10 @@ class Kvcap:
                          kv_capacity_tokens=float(p.kv_capacity_tokens), running=p.running,
                          waiting=p.waiting, waiting_capacity=p.waiting_capacity,
                          preemption_rate=p.preemption_rate,
-                         prefix_cache_hit_rate=p.prefix_hit_rate, sample_time=p.sample_time)
+                         prefix_cache_hit_rate=p.prefix_hit_rate,
+                         prompt_token_rate=p.prompt_token_rate,
+                         generation_token_rate=p.generation_token_rate,
+                         sample_time=p.sample_time)
             if p.ready else kv.PodSample(name=p.name, ready=False)
             for p in pods))
         state = kv.PoolState.from_dict(self.state.get(pool))
