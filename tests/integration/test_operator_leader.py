@@ -100,7 +100,8 @@ def test_killed_leader_is_replaced_by_the_standby(
             and m["status"]["observedGeneration"] == 2 else None), 90)
         report("leader SIGKILL -> the standby reconciled an edit", time.monotonic() - killed)
         assert two["status"]["plan"]["pools"][0]["maxModelLen"] == 16384
-        assert "Reconciled ModelDeployment" in standby.output()
+        wait_for("the new leader's reconcile log", lambda: "Reconciled ModelDeployment" in
+                 standby.output(), 10)
 
         # no duplicate children, and no event posted twice for one transition
         for kind, path in (
