@@ -21,9 +21,29 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from kvcap.api.models import parse_manifest  # noqa: E402
 from kvcap.capacity.configs import load_model  # noqa: E402
+from kvcap.sim import run as simrun  # noqa: E402
 from kvcap.sim.model import Slo  # noqa: E402
-from kvcap.sim.run import POLICIES, SimOptions, run  # noqa: E402
+from kvcap.sim.policies import Kvcap  # noqa: E402
+from kvcap.sim.run import SimOptions, run  # noqa: E402
 from kvcap.sim.trace import read_trace, scale  # noqa: E402
+
+# The operator's controller does not price tokens yet (it has no step-time model at scaling time),
+# so it runs `decide` without the compute floor and with the unpriced pressure rule: this row.
+UNPRICED = "kvcap (no token prices)"
+POLICIES = (*simrun.POLICIES, UNPRICED)
+
+
+def _make_policy(name, spec, setups, need, opts):  # type: ignore[no-untyped-def]
+    if name == UNPRICED:
+        base = simrun.make_policy("kvcap", spec, setups, need, opts)
+        assert isinstance(base, Kvcap)
+        return Kvcap(base.bounds, base.target_kv_utilization_percent, base.scale_down_delay_s,
+                     base.gpu_budget, name=UNPRICED, price_tokens=False)
+    return _make_known_policy(name, spec, setups, need, opts)
+
+
+_make_known_policy = simrun.make_policy
+simrun.make_policy = _make_policy
 
 
 def manifest(name: str, workload: dict[str, Any], max_replicas: int = 32) -> dict[str, Any]:
@@ -147,7 +167,7 @@ def findings(results: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
     if split in results and one in results:
         out += ["", "Mooncake, split short/long pools vs one pool for the longest context "
                 "(GPU-hours @ SLO attainment):", ""]
-        for p in ("kvcap", "static"):
+        for p in ("kvcap", UNPRICED, "static"):
             if p in results[split]:
                 out.append(f"- {p}: split {m(split, p, 'gpu_hours'):.2f} @ "
                            f"{100 * m(split, p, 'slo_attainment'):.1f} %, one pool "
@@ -169,6 +189,8 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], docs: dict[str, 
            "same pools, the same trace and the same cluster model (15 s scrapes, pod start-up "
            "60 s + weights at 1 GB/s). Every policy starts with the replicas the opening minutes "
            "need (`warm_start`), so a cold start under full load does not decide the comparison. "
+           f"`{UNPRICED}` is the same `decide` without token prices (no compute floor), as the "
+           "operator runs it until its controller prices tokens. "
            "A seed picks the time rotation of the superposed copies, so the x1 Mooncake runs are "
            "the same for every seed. "
            "See docs/simulator.md for what the simulator models.", ""]

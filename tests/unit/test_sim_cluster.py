@@ -213,6 +213,9 @@ def test_kvcap_adapter_builds_the_scaling_spec_the_operator_builds() -> None:
         assert dc_replace(ours, prefill_seconds_per_token=None,
                           decode_seconds_per_token=None) == dc_replace(
             theirs, startup_seconds=setup.startup_s)
+        # the benchmark's "no token prices" row runs exactly the operator's spec
+        unpriced = dc_replace(policy, price_tokens=False).spec(setup)
+        assert unpriced == dc_replace(theirs, startup_seconds=setup.startup_s)
 
 
 @pytest.mark.parametrize(("flag", "value"), [

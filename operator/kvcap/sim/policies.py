@@ -171,6 +171,9 @@ class Kvcap:
     scale_down_delay_s: float
     gpu_budget: int | None = None
     name: str = "kvcap"
+    # False: no token prices in the spec (no compute floor; any capacity-waiting request is
+    # pressure), as the operator runs the policy until its controller prices tokens.
+    price_tokens: bool = True
     interval_s: float = 15.0
     state: dict[int, dict[str, object]] = field(default_factory=dict)
     messages: list[tuple[float, int, str]] = field(default_factory=list)
@@ -188,6 +191,8 @@ class Kvcap:
             max_num_seqs=setup.engine.max_num_seqs,
             kv_tokens_per_replica=setup.kv_tokens_per_replica, length=length,
             target_kv_utilization_percent=self.target_kv_utilization_percent)
+        if not self.price_tokens:
+            prefill = decode = None  # type: ignore[assignment]
         return kv.ScalingSpec(
             pool=setup.name,
             min_replicas=self.bounds.min_replicas,
