@@ -1,5 +1,5 @@
 """The Grafana dashboard's JSON structure and the chart's ConfigMap (every panel's PromQL runs
-against a real Prometheus in tests/integration/test_autoscale_dashboard.py)."""
+against a real Prometheus in tests/integration/test_autoscale_dashboard_prometheus.py)."""
 
 from __future__ import annotations
 

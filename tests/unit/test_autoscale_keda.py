@@ -1,5 +1,5 @@
 """`kvcap export keda` and the emulator's pod follower, on plain data (the dry run against the real
-apiserver and the PromQL against a real Prometheus are in tests/integration/test_autoscale_keda.py)."""
+apiserver and the PromQL against a real Prometheus are in tests/integration/test_autoscale_keda_apiserver.py)."""
 
 from __future__ import annotations
 
