@@ -124,7 +124,7 @@ def main() -> int:
             docs[name] = doc
             if seed == ns.seeds[0] and not ns.no_write:
                 try:
-                    from kvcap.sim.plots import write_plots
+                    from kvcap.commands.plots import write_plots
                     out = ROOT / "docs" / "img" / name.replace(" ", "-")
                     plots += write_plots(runs, str(out), slo)
                 except ImportError:

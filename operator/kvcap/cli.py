@@ -19,8 +19,6 @@ from pydantic import ValidationError
 
 from kvcap import __version__
 from kvcap.api.errors import InvalidArgument, KvcapError
-from kvcap.calibrate_command import add_arguments as add_calibrate_arguments
-from kvcap.calibrate_command import read_calibration_file
 from kvcap.capacity import catalog
 from kvcap.capacity.catalog import GIB
 from kvcap.capacity.configs import load_model
@@ -28,6 +26,8 @@ from kvcap.capacity.memory import KV_DTYPES, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import CapacityPlan
 from kvcap.capacity.vllm_version import NEWEST_VERSION
 from kvcap.clients.hfhub import resolve_model
+from kvcap.commands.calibrate import add_arguments as add_calibrate_arguments
+from kvcap.commands.calibrate import read_calibration_file
 
 EXIT_OK, EXIT_UNFIT, EXIT_INPUT = 0, 1, 2
 
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Replay a real trace (Mooncake, Azure LLM, ShareGPT lengths) "
                          "through vLLM-like replicas of the planned pools under scaling policies: "
                          "GPU-hours, SLO attainment, latency, preemptions per policy.")
-    from kvcap.sim.command import add_arguments as _sim_arguments
+    from kvcap.commands.simulate import add_arguments as _sim_arguments
     _sim_arguments(sim)
     sim.add_argument("--config", help="config.json to use instead of the catalog")
 
@@ -146,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
     exp = sub.add_parser("export", help="export a ModelDeployment's scaling rule for other tools")
-    from kvcap.export_command import add_arguments as _export_arguments
+    from kvcap.commands.export import add_arguments as _export_arguments
     _export_arguments(exp)
 
     emu = sub.add_parser("emulate-vllm", help="vLLM /metrics emulators (tests, sandbox, demos)",
                          description="Serve vLLM's Prometheus metrics from emulated servers: "
                          "`serve` N of them, `follow` the kvcap pods of a cluster, `set` a "
                          "pool's levels.")
-    from kvcap.emulate_command import add_arguments as _emulate_arguments
+    from kvcap.commands.emulate import add_arguments as _emulate_arguments
     _emulate_arguments(emu)
 
     run = sub.add_parser("run", help="run the operator (kopf)")
@@ -418,7 +418,7 @@ def cmd_gpus(ns: argparse.Namespace) -> int:
 def cmd_simulate(ns: argparse.Namespace) -> int:
     from kvcap.api.models import parse_manifest
     from kvcap.capacity.configs import read_config_file
-    from kvcap.sim.command import execute
+    from kvcap.commands.simulate import execute
 
     doc = _read_manifest(ns.filename)
     try:
@@ -430,17 +430,17 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
-    from kvcap.calibrate_command import run as run_calibrate
+    from kvcap.commands.calibrate import run as run_calibrate
     return run_calibrate(ns)
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from kvcap.export_command import run as run_export
+    from kvcap.commands.export import run as run_export
     return run_export(ns)
 
 
 def cmd_emulate(ns: argparse.Namespace) -> int:
-    from kvcap.emulate_command import run as run_emulate
+    from kvcap.commands.emulate import run as run_emulate
     return run_emulate(ns)
 
 

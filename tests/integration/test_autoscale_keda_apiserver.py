@@ -14,7 +14,7 @@ import yaml
 from operator_helpers import Api, apply_crd
 
 from kvcap.autoscale.emulator import Levels
-from kvcap.export_command import export_keda
+from kvcap.commands.export import export_keda
 
 pytest_plugins = ["operator_fixtures", "prometheus_fixture"]
 pytestmark = pytest.mark.integration

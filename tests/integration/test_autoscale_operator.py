@@ -22,7 +22,7 @@ from operator_helpers import L4, Api, condition, report, small_spec, wait_for
 from kvcap.api import constants as kc
 from kvcap.autoscale.emulator import Levels, ServerConfig
 from kvcap.autoscale.policy import format_tokens
-from kvcap.emulate_command import PodFollower
+from kvcap.commands.emulate import PodFollower
 
 pytest_plugins = ["operator_fixtures", "prometheus_fixture"]
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

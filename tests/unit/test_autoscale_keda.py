@@ -12,8 +12,8 @@ import yaml
 from kvcap.api import constants as kc
 from kvcap.autoscale.emulator import Levels, ServerConfig
 from kvcap.cli import main
-from kvcap.emulate_command import PodFollower, read_levels, write_targets
-from kvcap.export_command import export_keda
+from kvcap.commands.emulate import PodFollower, read_levels, write_targets
+from kvcap.commands.export import export_keda
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "qwen3-30b-a3b-long-context.yaml"
@@ -91,7 +91,7 @@ def test_levels_and_targets_files(tmp_path: Path) -> None:
 
 
 def test_trace_slice_drives_the_emulator() -> None:
-    from kvcap.emulate_command import trace_scenarios
+    from kvcap.commands.emulate import trace_scenarios
 
     doc = yaml.safe_load((REPO / "examples" / "llama-3.1-8b.yaml").read_text())
     trace = "/work/shared/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"

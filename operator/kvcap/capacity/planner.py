@@ -14,8 +14,8 @@ under-estimated), and sizes for N concurrent requests at the 95th percentile of 
 from __future__ import annotations
 
 import math
-from contextvars import ContextVar
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 

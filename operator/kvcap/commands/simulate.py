@@ -122,7 +122,7 @@ def execute(ns: argparse.Namespace, spec: ModelDeploymentSpec, arch: ModelArch) 
     bar.done()
     doc["wall_seconds"] = round(time.monotonic() - started, 2)
     if ns.plot:
-        from kvcap.sim.plots import write_plots
+        from kvcap.commands.plots import write_plots
         doc["plots"] = write_plots(results, ns.plot, slo)
     if ns.output == "json":
         print(json.dumps(doc, indent=2))
