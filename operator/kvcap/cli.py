@@ -26,20 +26,11 @@ from kvcap.capacity.memory import KV_DTYPES, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import CapacityPlan
 from kvcap.capacity.vllm_version import NEWEST_VERSION
 from kvcap.clients.hfhub import resolve_model
+from kvcap.commands.argtypes import positive_int
 from kvcap.commands.calibrate import add_arguments as add_calibrate_arguments
 from kvcap.commands.calibrate import read_calibration_file
 
 EXIT_OK, EXIT_UNFIT, EXIT_INPUT = 0, 1, 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -88,15 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPU name or nvidia.com/gpu.product value (default H100-80GB)")
     est.add_argument("--gpu-memory-gib", type=_positive_float,
                      help="GPU memory as the CUDA runtime reports it, for a GPU the catalog lacks")
-    est.add_argument("--tensor-parallel-size", "-tp", type=_positive_int, default=1)
-    est.add_argument("--pipeline-parallel-size", "-pp", type=_positive_int, default=1)
-    est.add_argument("--decode-context-parallel-size", "-dcp", type=_positive_int, default=1)
+    est.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=1)
+    est.add_argument("--pipeline-parallel-size", "-pp", type=positive_int, default=1)
+    est.add_argument("--decode-context-parallel-size", "-dcp", type=positive_int, default=1)
     est.add_argument("--gpu-memory-utilization", type=_fraction)
-    est.add_argument("--max-model-len", type=_positive_int)
-    est.add_argument("--max-num-seqs", type=_positive_int)
-    est.add_argument("--max-num-batched-tokens", type=_positive_int)
+    est.add_argument("--max-model-len", type=positive_int)
+    est.add_argument("--max-num-seqs", type=positive_int)
+    est.add_argument("--max-num-batched-tokens", type=positive_int)
     est.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES)
-    est.add_argument("--block-size", type=_positive_int)
+    est.add_argument("--block-size", type=positive_int)
     est.add_argument("--quantization", "-q")
     est.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32",
                                                          "half", "float"))

@@ -6,37 +6,14 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
 
 from kvcap.api.errors import InvalidArgument
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity.arch import ModelArch
+from kvcap.commands.argtypes import number, positive_int
 from kvcap.sim.model import ClusterConfig, Slo
 from kvcap.sim.run import POLICIES, SimOptions, render_table, run
 from kvcap.sim.trace import cut, read_trace, scale
-
-
-def _number(minimum: float, strict: bool) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if value < minimum or (strict and value == minimum) or value != value:
-            raise argparse.ArgumentTypeError(
-                f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
-        return value
-    return parse
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,24 +22,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Mooncake JSONL, Azure LLM CSV, or a length CSV (Poisson arrivals)")
     p.add_argument("--policy", action="append", choices=POLICIES, dest="policies",
                    help="policy to simulate (repeatable; default: all)")
-    p.add_argument("--rate-multiplier", type=_number(0, True), default=1.0,
+    p.add_argument("--rate-multiplier", type=number(0, strict=True), default=1.0,
                    help="scale the load (superposed, time-rotated copies of the trace)")
-    p.add_argument("--duration", type=_number(0, True),
+    p.add_argument("--duration", type=number(0, strict=True),
                    help="simulate only the first N seconds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--poisson-rate", type=_number(0, True), default=2.0,
+    p.add_argument("--poisson-rate", type=number(0, strict=True), default=2.0,
                    help="requests/s for a length-only trace")
-    p.add_argument("--slo-ttft", type=_number(0, True), default=None,
+    p.add_argument("--slo-ttft", type=number(0, strict=True), default=None,
                    help="TTFT SLO base in seconds (default: the spec's latency objective, else 1)")
-    p.add_argument("--slo-ttft-per-1k", type=_number(0, False), default=0.05,
+    p.add_argument("--slo-ttft-per-1k", type=number(0, strict=False), default=0.05,
                    help="seconds added to the TTFT SLO per 1k prompt tokens")
-    p.add_argument("--slo-tpot", type=_number(0, True), default=None,
+    p.add_argument("--slo-tpot", type=number(0, strict=True), default=None,
                    help="TPOT SLO in seconds (default: the spec's latency objective, else 0.1)")
-    p.add_argument("--startup-seconds", type=_number(0, False),
+    p.add_argument("--startup-seconds", type=number(0, strict=False),
                    help="pod start-up time (default: 60 s + weights at 1 GB/s)")
-    p.add_argument("--scrape-interval", type=_number(0, True), default=15.0,
+    p.add_argument("--scrape-interval", type=number(0, strict=True), default=15.0,
                    help="Prometheus scrape interval in seconds")
-    p.add_argument("--max-replicas", type=_count, help="override autoscaling.maxReplicas")
+    p.add_argument("--max-replicas", type=positive_int, help="override autoscaling.maxReplicas")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.add_argument("--plot", metavar="DIR", help="write PNG plots (needs pip install 'kvcap[sim]')")
 

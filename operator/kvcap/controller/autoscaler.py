@@ -57,6 +57,7 @@ from kvcap.controller.scaling import (
     PoolLive,
     scale_pools_with_state,
 )
+from kvcap.controller.settings import _number as settings_number
 
 _log = logging.getLogger("kvcap.autoscaler")
 _WINDOW = re.compile(r"^[0-9]+(ms|s|m|h)$")
@@ -84,16 +85,7 @@ def parse_autoscale_settings(env: Mapping[str, str]) -> AutoscaleSettings:
     """Pure: AutoscaleSettings from environment variables (raises AutoscaleSettingsError)."""
 
     def number(key: str, default: float, minimum: float) -> float:
-        raw = env.get(key, "").strip()
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise AutoscaleSettingsError(f"{key} must be a number, got '{raw}'") from None
-        if value < minimum:
-            raise AutoscaleSettingsError(f"{key} must be at least {minimum:g}, got '{raw}'")
-        return value
+        return settings_number(env, key, default, minimum=minimum, error=AutoscaleSettingsError)
 
     url = env.get("KVCAP_PROMETHEUS_URL", "").strip() or AutoscaleSettings.prometheus_url
     if not re.match(r"^https?://\S+$", url):

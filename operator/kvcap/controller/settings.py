@@ -70,16 +70,18 @@ class Settings:
     calibration_key: str = "calibrations.yaml"
 
 
-def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float,
+            error: type[ValueError] = SettingsError) -> float:
+    """A number setting: `default` when unset; `error` says which variable and what it got."""
     raw = env.get(key, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{key} must be a number, got '{raw}'") from None
+        raise error(f"{key} must be a number, got '{raw}'") from None
     if value < minimum:
-        raise SettingsError(f"{key} must be at least {minimum}, got '{raw}'")
+        raise error(f"{key} must be at least {minimum:g}, got '{raw}'")
     return value
 
 

@@ -251,17 +251,21 @@ class Replica:
                     r.finish = now
                     finished = True
         if finished:
-            keep = []
-            for r in running:
-                if r.finish >= 0:
-                    self.used_blocks -= r.blocks
-                    r.blocks = 0
-                    c.finished += 1
-                    done.append(r)
-                else:
-                    keep.append(r)
-            self.running = keep
+            self._retire_finished(done)
         return True
+
+    def _retire_finished(self, done: list[Req]) -> None:
+        """Free the blocks of every running request that has finished and move it to `done`."""
+        keep = []
+        for r in self.running:
+            if r.finish >= 0:
+                self.used_blocks -= r.blocks
+                r.blocks = 0
+                self.counters.finished += 1
+                done.append(r)
+            else:
+                keep.append(r)
+        self.running = keep
 
     def _fast_forward(self, until: float, done: list[Req]) -> bool:
         """Advance k > 1 pure-decode steps at once when nothing else can happen in them."""
@@ -327,14 +331,5 @@ class Replica:
         if self.used_blocks > self.peak_blocks:
             self.peak_blocks = self.used_blocks
         if finished:
-            keep = []
-            for r in running:
-                if r.finish >= 0:
-                    self.used_blocks -= r.blocks
-                    r.blocks = 0
-                    c.finished += 1
-                    done.append(r)
-                else:
-                    keep.append(r)
-            self.running = keep
+            self._retire_finished(done)
         return True
