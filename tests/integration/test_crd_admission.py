@@ -211,9 +211,9 @@ def test_printer_columns(cluster: Any, namespace: str, created: dict[str, Any]) 
     patch_status(cluster, namespace, SAMPLE_STATUS)
     table = _table(cluster, namespace)
     names = [c["name"] for c in table["columnDefinitions"]]
-    assert names == ["Name", "Ready", "Replicas", "GPUs", "Model", "Message", "Age"]
+    assert names == ["Name", "Ready", "Replicas", "Available", "GPUs", "Model", "Message", "Age"]
     row = next(r["cells"] for r in table["rows"] if r["cells"][0] == "stored")
-    assert row[1:6] == ["False", 3, 3, "meta-llama/Llama-3.1-8B-Instruct", "2 of 3 replicas ready"]
+    assert row[1:7] == ["False", 3, 2, 3, "meta-llama/Llama-3.1-8B-Instruct", "2 of 3 replicas ready"]
 
 
 def _table(cluster: Any, namespace: str) -> Any:
@@ -244,6 +244,7 @@ _COLLECTIONS = {
     "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
 }
 
 
