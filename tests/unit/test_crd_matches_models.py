@@ -249,6 +249,7 @@ def test_status_schema_is_what_the_operator_writes() -> None:
         "readyReplicas", "gpusPerReplica", "maxModelLen", "minContextTokens", "maxNumSeqs",
         "kvTokensPerReplica", "kvCacheBytesPerGpu", "deploymentName", "serviceName",
         "gpuLabels", "vllmArgs", "gpuMemoryUtilization", "targetConcurrency", "concurrencyPerReplica",
+        "bindingConstraint", "predictedTtftMilliseconds", "predictedTpotMilliseconds",
     }
     assert pool["kvTokensPerReplica"]["format"] == pool["kvCacheBytesPerGpu"]["format"] == "int64"
     # status.pools[]: the autoscaler's per-pool state, where users read it

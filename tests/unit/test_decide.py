@@ -274,6 +274,36 @@ def test_pinned_status_carries_the_shape() -> None:
     assert pool["gpuLabels"] == [H100] and pool["vllmArgs"][0] == MODEL
 
 
+@pytest.mark.parametrize(("latency", "fields"), [
+    (None, set()),  # no latencyObjectives: status.plan carries no latency figures
+    (("tpot", 180.0, 21.5), {"bindingConstraint", "predictedTtftMilliseconds",
+                             "predictedTpotMilliseconds"}),
+])
+def test_latency_figures_are_in_status_and_survive_the_pin(
+        latency: tuple[str, float, float] | None, fields: set[str]) -> None:
+    """With spec.workload.latencyObjectives, status.plan.pools[] says which constraint sized the
+    pool and the TTFT/TPOT the step-time model predicts; the pinned plan keeps them."""
+    pool = make_pool() if latency is None else make_pool(
+        binding_constraint=latency[0], predicted_ttft_ms=latency[1], predicted_tpot_ms=latency[2])
+    policy = Policy(plan_fn=planner(make_plan(pool)))
+    obs = observation(md(SPEC, annotations={"kvcap.io/replan": "a"}))
+    decision = decide(obs, policy)
+    status = assess(obs, decision, ActOutcome(Check("True", "Applied", "")), "change",
+                    policy).status
+    entry = status["plan"]["pools"][0]
+    latency_keys = {"bindingConstraint", "predictedTtftMilliseconds", "predictedTpotMilliseconds"}
+    assert latency_keys & set(entry) == fields
+    if latency is not None:
+        assert (entry["bindingConstraint"], entry["predictedTtftMilliseconds"],
+                entry["predictedTpotMilliseconds"]) == latency
+    # a resync with the same generation rebuilds the plan from status: the figures stay
+    again = observation(md(SPEC, status=status, annotations={"kvcap.io/replan": "a"}))
+    pinned = decide(again, Policy(plan_fn=planner(RuntimeError("must not re-plan"))))
+    restatus = assess(again, pinned, ActOutcome(Check("True", "Applied", "")), "resync",
+                      Policy()).status
+    assert restatus["plan"]["pools"][0] == entry
+
+
 @pytest.mark.parametrize(("old", "new", "patch"), [
     ({}, {"a": 1}, {"a": 1}),
     ({"a": 1, "gone": 2}, {"a": 1}, {"a": 1, "gone": None}),

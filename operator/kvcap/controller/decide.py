@@ -654,6 +654,10 @@ def pinned_plan(obj: Mapping[str, Any]) -> CapacityPlan | None:
                 target_concurrency=int(p["targetConcurrency"]),
                 headroom_percent=0.0,
                 vllm_args=tuple(str(a) for a in p["vllmArgs"]),
+                binding_constraint=str(p["bindingConstraint"]) if p.get("bindingConstraint")
+                else None,
+                predicted_ttft_ms=_optional_float(p.get("predictedTtftMilliseconds")),
+                predicted_tpot_ms=_optional_float(p.get("predictedTpotMilliseconds")),
             )
             for p in stored["pools"]
         )
@@ -677,6 +681,10 @@ def pinned_plan(obj: Mapping[str, Any]) -> CapacityPlan | None:
     )
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def pin_status(status: dict[str, Any], obj: Mapping[str, Any], plan: CapacityPlan | None) -> None:
     """Record in `status.plan` what `pinned_plan` needs to rebuild this plan."""
     stored = status.get("plan")
@@ -694,6 +702,10 @@ def pin_status(status: dict[str, Any], obj: Mapping[str, Any], plan: CapacityPla
         entry["gpuMemoryUtilization"] = pool.gpu_memory_utilization
         entry["targetConcurrency"] = pool.target_concurrency
         entry["concurrencyPerReplica"] = round(pool.concurrency_per_replica, 3)
+        if pool.binding_constraint is not None:  # spec.workload.latencyObjectives was set
+            entry["bindingConstraint"] = pool.binding_constraint
+            entry["predictedTtftMilliseconds"] = round(pool.predicted_ttft_ms or 0.0, 1)
+            entry["predictedTpotMilliseconds"] = round(pool.predicted_tpot_ms or 0.0, 2)
     model_bytes = plan.extra.get("model_bytes") if plan is not None else None
     if isinstance(model_bytes, int) and model_bytes > 0:
         stored["modelBytes"] = model_bytes
