@@ -2,7 +2,7 @@
 
 Every naming generation and spelling a cluster may hold (current, legacy, the 0.9 transition with
 both usage names, colon-escaped `vllm_` names), with and without the newer `cache_config_info`
-labels and the waiting-by-reason split, is read by the same eight queries, and the values land on
+labels and the waiting-by-reason split, is read by the same ten queries, and the values land on
 the right (namespace, pod).
 """
 
@@ -36,6 +36,7 @@ BUSY = Levels(
     waiting_deferred=2,
     preemptions_per_second=0.5,
     prompt_tokens_per_second=1000,
+    generation_tokens_per_second=200,
     prefix_hit_rate=0.25,
 )
 
@@ -81,7 +82,7 @@ def test_every_generation_reads_the_same(prometheus, emulators, config, split, c
     wait_rates(prometheus, {ns_a: 0.5, ns_b: 0.1})
     snap = fetch(prometheus)
     assert snap.error is None
-    assert snap.queries == len(shell.QUERIES) == 8
+    assert snap.queries == len(shell.QUERIES) == 10
     a, b = snap.pods[(ns_a, "pod-0")], snap.pods[(ns_b, "pod-0")]
     assert (a.kv_usage, a.running, a.waiting) == (0.8, 12.0, 5.0)
     assert (b.kv_usage, b.running) == (0.1, 1.0)
@@ -92,6 +93,9 @@ def test_every_generation_reads_the_same(prometheus, emulators, config, split, c
     assert a.preemption_rate == pytest.approx(0.5, rel=0.15)
     assert a.prefix_cache_hit_rate == pytest.approx(0.25, rel=0.05)
     assert math.isnan(b.prefix_cache_hit_rate)  # 0/0: no prompts, no hit rate
+    assert a.prompt_token_rate == pytest.approx(1000, rel=0.15)
+    assert a.generation_token_rate == pytest.approx(200, rel=0.15)
+    assert b.prompt_token_rate == 0.0 and b.generation_token_rate == 0.0
     assert abs(a.sample_time - snap.time) < 30
     if capacity is None:
         assert math.isnan(a.kv_capacity_tokens)
@@ -99,6 +103,10 @@ def test_every_generation_reads_the_same(prometheus, emulators, config, split, c
         assert a.kv_capacity_tokens == capacity
     sample = shell.pod_sample(snap, ns_a, "pod-0", ready=True)
     assert sample.kv_usage == 0.8 and sample.ready
+    assert (sample.prompt_token_rate, sample.generation_token_rate) == (
+        a.prompt_token_rate,
+        a.generation_token_rate,
+    )
 
 
 def test_new_name_wins_when_a_server_exports_both(prometheus, emulators) -> None:
@@ -123,7 +131,7 @@ def test_one_query_per_signal_covers_many_pods(prometheus, emulators) -> None:
         lambda r: bool(r) and float(r[0]["value"][1]) == 6,
     )
     snap = fetch(prometheus)
-    assert snap.queries == 8
+    assert snap.queries == 10
     ours = {k: round(v.kv_usage, 2) for k, v in snap.pods.items() if k[0] in nss}
     assert ours == {(nss[i % 3], f"pod-{i}"): i / 10 for i in range(6)}
 

@@ -414,3 +414,49 @@ def test_decision_shape_ignores_the_look_ahead_figure() -> None:
     plain = "KV demand 118k tokens ≤ 75 % of 2 × 131k = 197k → hold 2 replicas"
     ahead = "KV demand 156k tokens (incl. 30k trend look-ahead) ≤ 75 % of 2 × 131k = 197k → hold 2 replicas"
     assert decision_shape(plain) == decision_shape(ahead)
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu_product", "vllm_args", "priced"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", "H100-80GB", (), True),  # catalog model and GPU
+        ("meta-llama/Llama-3.1-8B-Instruct", "H100-80GB", ("--max-num-batched-tokens", "2048"), True),
+        ("example-org/not-in-the-catalog", "H100-80GB", (), False),  # Hub/ConfigMap: no arch here
+        ("meta-llama/Llama-3.1-8B-Instruct", "Unknown-GPU", (), False),  # no catalog GPU
+    ],
+    ids=["catalog", "catalog-chunk-2048", "hub-model", "unknown-gpu"],
+)
+def test_scaling_spec_prices_tokens_when_the_arch_resolves(
+    model: str, gpu_product: str, vllm_args: tuple[str, ...], priced: bool
+) -> None:
+    from dataclasses import replace
+
+    from kvcap.controller.scaling import scaling_spec
+
+    s = spec()
+    s = s.model_copy(update={"model": s.model.model_copy(update={"name": model})})
+    p = replace(pool(), gpu_product=gpu_product, vllm_args=vllm_args)
+    got = scaling_spec(s, p, None)
+    if not priced:
+        assert got.prefill_seconds_per_token is None and got.decode_seconds_per_token is None
+        return
+    prefill, decode = got.prefill_seconds_per_token, got.decode_seconds_per_token
+    assert prefill is not None and decode is not None
+    # an 8B model on one H100: well under a millisecond per prefill token, and a decode token
+    # (a step over the batch at the KV target) costs more than a prefill token
+    assert 0 < prefill < 1e-3 and prefill < decode < 0.1
+    assert scaling_spec(s, p, None) == got  # cached, same answer
+
+
+def test_scaling_spec_chunk_comes_from_the_pool_args() -> None:
+    from dataclasses import replace
+
+    from kvcap.controller.scaling import scaling_spec
+
+    small = scaling_spec(spec(), replace(pool(), vllm_args=("--max-num-batched-tokens=512",)), None)
+    large = scaling_spec(spec(), replace(pool(), vllm_args=("--max-num-batched-tokens", "16384")), None)
+    # the prefill price is a full chunk's step over its tokens: the pool's flag sets the chunk
+    # (a longer chunk attends over more tokens, so it is dearer per token here)
+    assert small.prefill_seconds_per_token and large.prefill_seconds_per_token
+    assert small.prefill_seconds_per_token < large.prefill_seconds_per_token
+    assert large.decode_seconds_per_token == small.decode_seconds_per_token

@@ -173,7 +173,7 @@ def test_url_allowed(url: str, prefixes: list[str] | None, ok: bool) -> None:
 
 def test_queries_aggregate_by_namespace_and_pod_and_read_every_spelling() -> None:
     queries = shell.build_queries("2m")
-    assert len(queries) == 8
+    assert len(queries) == 10
     for promql in queries.values():
         assert "by (namespace, pod" in promql
     usage = queries["kv_usage"]
@@ -181,6 +181,10 @@ def test_queries_aggregate_by_namespace_and_pod_and_read_every_spelling() -> Non
     for name in ("vllm_kv_cache_usage_perc", "vllm_gpu_cache_usage_perc"):
         assert name in usage
     assert 'reason="capacity"' in queries["waiting_capacity"]
+    for signal, name in (("prompt_token_rate", "prompt_tokens_total"),
+                         ("generation_token_rate", "generation_tokens_total")):
+        assert f"rate(vllm:{name}[2m])" in queries[signal]
+        assert f"rate(vllm_{name}[2m])" in queries[signal]
 
 
 def test_connect_sends_the_token_and_trusts_the_ca(tmp_path) -> None:  # type: ignore[no-untyped-def]

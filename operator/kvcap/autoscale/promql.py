@@ -41,6 +41,8 @@ def build_queries(rate_window: str = RATE_WINDOW) -> dict[str, str]:
         "prefix_cache_queries_total", "gpu_prefix_cache_queries_total", window=rate_window
     )
     preemptions = either_rate("num_preemptions_total", window=rate_window)
+    prompt = either_rate("prompt_tokens_total", window=rate_window)
+    generation = either_rate("generation_tokens_total", window=rate_window)
     return {
         "kv_usage": f"avg by (namespace, pod) ({_USAGE})",
         "sample_time": f"max by (namespace, pod) (timestamp({_USAGE}))",
@@ -51,6 +53,9 @@ def build_queries(rate_window: str = RATE_WINDOW) -> dict[str, str]:
         "prefix_cache_hit_rate": (
             f"sum by (namespace, pod) ({hits}) / sum by (namespace, pod) ({queries})"
         ),
+        # Tokens per second a pod prefilled and generated (the priced pressure rule's busy time).
+        "prompt_token_rate": f"sum by (namespace, pod) ({prompt})",
+        "generation_token_rate": f"sum by (namespace, pod) ({generation})",
         "cache_config": (
             f"max by (namespace, pod, {', '.join(CACHE_LABELS)}) ({either('cache_config_info')})"
         ),

@@ -1,7 +1,7 @@
 """The autoscaler's shell: the global metrics tick and each object's slice of it.
 
 Every `KVCAP_AUTOSCALE_INTERVAL_SECONDS` the tick queries each Prometheus in use once per signal
-(`kvcap.autoscale.prometheus.build_queries`: eight queries, `... by (namespace, pod)`, covering
+(`kvcap.autoscale.prometheus.build_queries`: ten queries, `... by (namespace, pod)`, covering
 every pod of every pool of every ModelDeployment), then queues each ModelDeployment whose
 `spec.autoscaling.policy` is not 'Disabled' for a reconcile through the ordinary pipeline.
 Reconciles in between (change events, the slow resync) reuse the tick's snapshot: the number of

@@ -26,6 +26,7 @@ observed capacity, the shape of the decision sentence) and the stored figures ar
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -34,9 +35,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kvcap.api import constants as kc
+from kvcap.api.errors import KvcapError
 from kvcap.api.models import ModelDeploymentSpec
 from kvcap.autoscale import policy as ap
+from kvcap.capacity import catalog
+from kvcap.capacity.configs import load_model
 from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
+from kvcap.capacity.planner import step_model_for
 from kvcap.controller.conditions import Check
 from kvcap.controller.decide import PoolScale
 from kvcap.controller.render import nodes_per_replica
@@ -122,6 +127,59 @@ def inventory_replicas(
     return fits, text
 
 
+def _flag(args: Sequence[str], name: str) -> int | None:
+    """`--name N` or `--name=N` in a pool's vLLM args, as an int (None: absent or not a number)."""
+    for i, arg in enumerate(args):
+        text = arg.split("=", 1)[1] if arg.startswith(name + "=") else None
+        if arg == name and i + 1 < len(args):
+            text = args[i + 1]
+        if text is not None:
+            try:
+                return int(text)
+            except ValueError:
+                return None
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _costs(
+    spec_json: str, pool: PoolPlan, target_kv_utilization_percent: int
+) -> tuple[float, float] | None:
+    """Cached by the spec's JSON and the (frozen) pool, so a tick does not rebuild the model."""
+    spec = ModelDeploymentSpec.model_validate_json(spec_json)
+    gpu = catalog.find_gpu(pool.gpu_product)
+    if gpu is None or catalog.find_model(spec.model.name) is None:
+        return None
+    try:
+        arch = load_model(spec.model.name)
+        step, est = step_model_for(
+            arch, gpu, spec, pool.tensor_parallel_size, pool.pipeline_parallel_size,
+            pool.max_model_len,
+        )
+    except KvcapError:
+        return None
+    chunk = _flag(pool.vllm_args, "--max-num-batched-tokens") or est.max_num_batched_tokens
+    return ap.token_costs(
+        step,
+        chunk_tokens=chunk,
+        max_num_seqs=pool.max_num_seqs or est.max_num_seqs,
+        kv_tokens_per_replica=max(1, int(pool.kv_tokens_per_replica)),
+        length=length_model(pool),
+        target_kv_utilization_percent=target_kv_utilization_percent,
+    )
+
+
+def token_costs_for(spec: ModelDeploymentSpec, pool: PoolPlan) -> tuple[float, float] | None:
+    """(prefill, decode) seconds per token of one replica of `pool` (`policy.token_costs`, from
+    the same step-time model `kvcap plan` and the simulator use), or None when the model's
+    architecture is not in the built-in catalog (a Hub or ConfigMap model: the operator reads its
+    config.json in the shell, not here) or the pool's GPU product is not a catalog one. None leaves
+    the spec unpriced: no compute floor, and any capacity-waiting request is pressure."""
+    return _costs(
+        spec.model_dump_json(), pool, spec.autoscaling.target_kv_utilization_percent
+    )
+
+
 def scaling_spec(
     spec: ModelDeploymentSpec,
     pool: PoolPlan,
@@ -130,6 +188,7 @@ def scaling_spec(
     inventory: tuple[int | None, str] = (None, ""),
 ) -> ap.ScalingSpec:
     auto = spec.autoscaling
+    costs = token_costs_for(spec, pool)
     return ap.ScalingSpec(
         pool=pool.name,
         min_replicas=auto.min_replicas,
@@ -144,6 +203,8 @@ def scaling_spec(
         max_num_seqs=pool.max_num_seqs or None,
         inventory_replicas=inventory[0],
         inventory_text=inventory[1] or "the node inventory",
+        prefill_seconds_per_token=costs[0] if costs else None,
+        decode_seconds_per_token=costs[1] if costs else None,
     )
 
 

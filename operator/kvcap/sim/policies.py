@@ -172,7 +172,7 @@ class Kvcap:
     gpu_budget: int | None = None
     name: str = "kvcap"
     # False: no token prices in the spec (no compute floor; any capacity-waiting request is
-    # pressure), as the operator runs the policy until its controller prices tokens.
+    # pressure), as the operator runs the policy for a model outside the built-in catalog.
     price_tokens: bool = True
     interval_s: float = 15.0
     state: dict[int, dict[str, object]] = field(default_factory=dict)
