@@ -76,9 +76,9 @@ def test_initial_conditions_are_all_unknown_reconciling() -> None:
 
 
 def obs(name: str = "llama-default", ready: int = 2, updated: int = 2, replicas: int = 2,
-        current: bool = True) -> WorkloadObservation:
+        current: bool = True, total: int | None = None) -> WorkloadObservation:
     return WorkloadObservation(name=name, kind="Deployment", replicas=replicas, ready_replicas=ready,
-                               updated_replicas=updated, current=current)
+                               updated_replicas=updated, current=current, total_replicas=total)
 
 
 @pytest.mark.parametrize(("workloads", "paused", "expected"), [
@@ -89,7 +89,14 @@ def obs(name: str = "llama-default", ready: int = 2, updated: int = 2, replicas:
      ("True", "RollingOut", "Deployment 'llama-default': 2 of 2 replicas updated")),
     ({"default": obs(ready=1)}, False,
      ("True", "RollingOut", "Deployment 'llama-default': 1 of 2 replicas ready")),
+    # maxUnavailable 1: two new pods Ready, the third (old) one still terminating
+    ({"default": obs(ready=3, total=3)}, False,
+     ("True", "RollingOut", "Deployment 'llama-default': 1 old replica pending termination")),
+    ({"default": obs(ready=2, total=4)}, False,
+     ("True", "RollingOut", "Deployment 'llama-default': 2 old replicas pending termination")),
     ({"default": obs()}, False,
+     ("False", "RolloutComplete", "every pool runs the current template at full strength")),
+    ({"default": obs(total=2)}, False,
      ("False", "RolloutComplete", "every pool runs the current template at full strength")),
     ({"default": obs(ready=0)}, True,
      ("False", "Paused", "`spec.paused` is true: children are left as they are")),

@@ -51,6 +51,8 @@ class WorkloadObservation:
     ready_replicas: int  # .status.readyReplicas
     updated_replicas: int  # .status.updatedReplicas
     current: bool  # .status.observedGeneration >= .metadata.generation
+    # .status.replicas: pods of every ReplicaSet, old ones included (None: not reported)
+    total_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,13 @@ def check_progress(
         elif obs.ready_replicas < pool.replicas:
             waiting.append(
                 f"{obs.kind} '{obs.name}': {obs.ready_replicas} of {pool.replicas} replicas ready"
+            )
+        elif obs.total_replicas is not None and obs.total_replicas > obs.updated_replicas:
+            # what `kubectl rollout status` waits for too: old pods still run (and hold GPUs)
+            old = obs.total_replicas - obs.updated_replicas
+            waiting.append(
+                f"{obs.kind} '{obs.name}': {old} old replica{'s' if old != 1 else ''} "
+                "pending termination"
             )
     if waiting:
         return Check("True", kc.ROLLING_OUT, "; ".join(waiting))

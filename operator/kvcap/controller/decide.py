@@ -172,6 +172,7 @@ def workload_observation(obj: Mapping[str, Any]) -> WorkloadObservation:
         ready_replicas=int(status.get("readyReplicas") or 0),
         updated_replicas=updated,
         current=current,
+        total_replicas=int(status["replicas"]) if "replicas" in status else None,
     )
 
 
