@@ -326,6 +326,25 @@ def test_ignored_attention_stays_in_model_dtype():
     assert load_model("deepseek-ai/DeepSeek-V3.2").ignored_parameters == 0
 
 
+@pytest.mark.parametrize(("model_id", "tp", "logged_gib"), [
+    # openshift-psap vLLM 0.18 logs on H200, "Model loading took ... GiB"
+    ("RedHatAI/Qwen3-Coder-Next-FP8-dynamic", 1, 76.27),
+    ("RedHatAI/Qwen3.5-122B-A10B-FP8-dynamic", 2, 59.44),
+])
+def test_gated_deltanet_layers_in_the_ignore_list_stay_bf16(model_id, tp, logged_gib):
+    """llm-compressor keeps `linear_attn` (Gated DeltaNet) unquantized: with those layers charged
+    at 1 byte the estimate missed the logged weights by 1.1-1.5 GiB per GPU."""
+    from dataclasses import replace
+
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.memory import weight_bytes_per_gpu
+
+    arch = load_model(model_id)
+    got = weight_bytes_per_gpu(arch, tp, 1, None) / GIB
+    as_if_quantized = weight_bytes_per_gpu(replace(arch, ignored_parameters=0), tp, 1, None) / GIB
+    assert abs(got - logged_gib) < 0.15 < 1.0 < abs(as_if_quantized - logged_gib)
+
+
 # TritonExperts.workspace_shapes (vllm fused_moe.py): M x top_k x (max(N/2, K) + max(N, K)) + M x K
 # elements of the activation dtype, M = min(tokens, 16384), N = 2 x moe_intermediate_size / TP,
 # K = hidden. DeepSeek-V2-Lite-shaped config: hidden 2048, moe_intermediate 1408, top-k 6, bf16.

@@ -376,7 +376,17 @@ def ignored_attention(config: dict[str, Any], cfg: dict[str, Any], kinds: tuple[
     kv_b_all, mla_layers = True, 0
     prefix = "model.language_model.layers" if any(
         "language_model" in p for p in patterns) else "model.layers"
+    # Gated DeltaNet layers (Qwen3-Next, Qwen3.5): in_proj_qkvz + in_proj_ba + out_proj, all split
+    # by TP. llm-compressor recipes leave them unquantized ("re:.*linear_attn.*" in the ignore list
+    # of RedHatAI/Qwen3-Coder-Next-FP8-dynamic), so they load in bf16: 1.1 GiB per H100 at TP 1.
+    gdn = 0
+    if cfg.get("linear_num_value_heads"):
+        kh, kd = int(cfg["linear_num_key_heads"]), int(cfg["linear_key_head_dim"])
+        vh, vd = int(cfg["linear_num_value_heads"]), int(cfg["linear_value_head_dim"])
+        gdn = hidden * (2 * kh * kd + 3 * vh * vd + 2 * vh)
     for i, kind in enumerate(kinds):
+        if kind == MAMBA and gdn and _matches(f"{prefix}.{i}.linear_attn.out_proj", patterns):
+            n_split += gdn
         if kind not in (FULL, SLIDING, CHUNKED, MLA):
             continue
         base = f"{prefix}.{i}.self_attn"
