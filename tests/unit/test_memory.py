@@ -359,6 +359,21 @@ def test_fused_moe_workspace_follows_vllm_shapes(tp, tokens, expected):
     assert fused_moe_workspace_bytes(parse_config(deepseek_mla()), tp, tokens) == expected
 
 
+def test_latent_moe_runs_its_experts_at_the_latent_width():
+    """Nemotron-3 Super (moe_latent_size 1,024, hidden 4,096, non-gated experts of 2,688, top-22):
+    K is the latent width, so at TP 2 and 8,192 tokens the workspace is 8192 x 22 x (1344 + 1344)
+    + 8192 x 1024 elements, not the hidden-width 8192 x 22 x (4096 + 4096) + 8192 x 4096."""
+    from kvcap.capacity.configs import load_model
+    from kvcap.capacity.memory import fused_moe_workspace_bytes
+
+    arch = load_model("nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-FP8")
+    assert (arch.moe_latent_size, arch.hidden_size) == (1024, 4096)
+    assert fused_moe_workspace_bytes(arch, 2, 8192) == (8192 * 22 * (1344 + 1344)
+                                                        + 8192 * 1024) * 2
+    # the experts at the latent width: 40 MoE layers x 512 x (up + down) x 1,024 x 2,688
+    assert arch.expert_parameters == pytest.approx(40 * 512 * 2 * 1024 * 2688, rel=0.01)
+
+
 def test_fused_moe_workspace_is_charged_to_moe_v1_profile_runs_only():
     from dataclasses import replace
 

@@ -70,6 +70,9 @@ class ModelArch:
     is_moe: bool
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
+    # LatentMoE (Nemotron-3 Super): the routed experts run at this width, between a hidden -> latent
+    # and a latent -> hidden projection (config `moe_latent_size`); 0 = the hidden size
+    moe_latent_size: int = 0
     # DeepSeek Sparse Attention lightning indexer (DeepSeek-V3.2, GLM-5): every MLA layer also
     # keeps an indexer key per token, `MLAAttentionSpec(num_kv_heads=1, head_size=index_head_dim
     # + index_head_dim // 128 * 4, dtype=uint8)` -- fp8 values plus one fp32 scale per 128 -- in
@@ -537,9 +540,12 @@ def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, he
             elif c == "-":
                 total += 2 * hidden * inter
             elif c == "E":
-                e = n_experts * mlp_mult * hidden * moe_inter
+                # LatentMoE: experts of width `moe_latent_size` and the two latent projections
+                latent = int(cfg.get("moe_latent_size") or 0)
+                e = n_experts * mlp_mult * (latent or hidden) * moe_inter
                 experts += e
                 total += e + hidden * n_experts + mlp_mult * hidden * shared_inter
+                total += 2 * hidden * latent
         return total, embedding, experts, n_experts, n_experts > 0
     kind_iter = list(kinds) + [FULL] * max(0, n_layers - len(kinds))
     for i in range(n_layers):
@@ -700,6 +706,7 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
                                    "top_k", default=0) or 0) if is_moe else 0,
         moe_intermediate_size=int(_get(cfg, "moe_intermediate_size", "expert_intermediate_size",
                                        "intermediate_size", default=0) or 0) if is_moe else 0,
+        moe_latent_size=int(cfg.get("moe_latent_size") or 0) if is_moe else 0,
         indexer_bytes_per_token=_indexer_bytes(cfg) if mla_latent else 0,
         kv_shared_layers=_kv_shared_layers(cfg, n_layers, where),
         replicated_parameters=rep_q,

@@ -486,8 +486,9 @@ def fused_moe_workspace_bytes(arch: ModelArch, tp: int, tokens: int) -> int:
     cache2 M x top_k x N / 2, and the output). Measured against vLLM's own profiler lines: the v0.19
     MoE activation peaks of the validation set (DeepSeek-V2-Lite, Mixtral TP 2, Qwen3-30B-A3B,
     Qwen1.5-MoE, Llama-4-Scout) within 0.1 GiB. Not modelled: kernels that allocate elsewhere
-    (ROCm AITER) and Nemotron-3 Super's latent experts, which run at `moe_latent_size` (1,024)
-    rather than the hidden size -- `ModelArch` has no field for it.
+    (ROCm AITER). Nemotron-3 Super's latent experts run at `moe_latent_size` (1,024), so K is
+    that width there (vllm/model_executor/models/nemotron_h.py: the experts' input and output
+    are the latent projection's).
     """
     if not (arch.is_moe and arch.experts_per_token and arch.moe_intermediate_size):
         return 0
@@ -495,7 +496,7 @@ def fused_moe_workspace_bytes(arch: ModelArch, tp: int, tokens: int) -> int:
     gated = moe_experts_gated(arch)
     n = (2 if gated else 1) * arch.moe_intermediate_size // tp
     act_out = n // 2 if gated else n  # `adjust_N_for_activation`: N for *_no_mul activations
-    k = arch.hidden_size
+    k = arch.moe_latent_size or arch.hidden_size
     elems = m * arch.experts_per_token * (max(act_out, k) + max(n, k)) + m * k
     return elems * arch.dtype_bytes
 
