@@ -89,7 +89,7 @@ GOLDEN_DEPLOYMENT: dict[str, Any] = {
                 "terminationGracePeriodSeconds": 130,
                 "containers": [{
                     "name": "vllm",
-                    "image": "vllm/vllm-openai:v0.11.0",
+                    "image": "vllm/vllm-openai:v0.32.0",
                     "command": ["vllm", "serve"],
                     "args": list(ARGS),
                     "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],

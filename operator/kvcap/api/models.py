@@ -312,9 +312,9 @@ class VllmSpec(ApiModel):
     """How vLLM runs."""
 
     image: Annotated[str, Field(
-        default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512,
+        default="vllm/vllm-openai:v0.32.0", min_length=1, max_length=512,
         description="vLLM OpenAI server image.",
-    )] = "vllm/vllm-openai:v0.11.0"
+    )] = "vllm/vllm-openai:v0.32.0"
     version: Annotated[str | None, Field(
         default=None, max_length=32, pattern=_VERSION_PATTERN,
         description="vLLM version the image runs (memory accounting differs by version). "
