@@ -34,6 +34,13 @@ for MLA layers x (kv_lora_rank + qk_rope_head_dim) x 2; "full-attention equivale
   + 64 x 64 x 128 x 2 = 1,074,688 B; 3,191,396,096 params (card: 3B) = 5.944 GiB.
 - ibm-granite/granite-4.0-micro: dense, 40 x 2 x 8 x 64 x 2 = 81,920 B/token; 3,402,836,480 params
   (card: 3B) = 6.338 GiB.
+- google/gemma-3n-E4B-it: 35 layers, the last 15 share earlier layers' KV, so 20 own KV: 16 sliding
+  (512) + 4 global, 2 KV heads x 256 -> 20 x 2 x 2 x 256 x 2 = 40,960 B/token; 8B raw = 14.901 GiB.
+- google/gemma-3n-E2B-it: 30 layers, 10 shared -> the same 20 KV layers, 40,960 B/token; 5B = 9.313 GiB.
+- zai-org/GLM-5.1 (+ -FP8): GLM-5's shapes, 78 MLA layers x ((512 + 64) x 2 + DSA indexer key
+  128 + 128 / 128 x 4 = 132) = 100,152 B/token.
+- Qwen/Qwen3.6-27B: 16 gated full-attention layers x 2 x 4 x 256 x 2 = 65,536 B/token (48 Gated
+  DeltaNet layers hold state); Qwen/Qwen3.6-35B-A3B: 10 x 2 x 2 x 256 x 2 = 20,480 B/token.
 
 Weights at TP 1 in bf16 are params x 2 plus the RoPE cos/sin table kvcap charges on every GPU
 (at most 128 MiB here), so they are checked to within that table.
@@ -72,6 +79,10 @@ CASES = [
      3_191_396_096, 5.944),
     ("ibm-granite/granite-4.0-micro", {"full": 40}, 81_920, None,
      3_402_836_480, 6.338),
+    ("google/gemma-3n-E4B-it", {"sliding": 16, "full": 4}, 40_960, None,
+     8_000_000_000, 14.901),
+    ("google/gemma-3n-E2B-it", {"sliding": 16, "full": 4}, 40_960, None,
+     5_000_000_000, 9.313),
 ]
 
 
@@ -107,6 +118,32 @@ def test_new_checkpoint_resolves_with_hand_derived_geometry(
 ])
 def test_variants_resolve_to_the_same_shapes(alias: str, model: str) -> None:
     assert load_model(alias) == load_model(model)
+
+
+def test_gemma_3n_kv_shared_layers_own_no_cache() -> None:
+    assert load_model("google/gemma-3n-E4B-it").kv_shared_layers == 15
+    assert load_model("google/gemma-3n-E2B-it").kv_shared_layers == 10
+
+
+def _kv_per_token(model: str) -> int:
+    return estimate(load_model(model), get_gpu("H200"),
+                    ServeArgs(max_model_len=4096, kv_cache_memory_bytes=KV_GIVEN)).kv_bytes_per_token
+
+
+@pytest.mark.parametrize(("model", "same_shapes_as", "kv_per_token", "quant"), [
+    ("zai-org/GLM-5.1", "zai-org/GLM-5", 100_152, (None, None)),
+    ("zai-org/GLM-5.1-FP8", "zai-org/GLM-5", 100_152, ("fp8", 8.0)),
+    ("Qwen/Qwen3.6-27B", "Qwen/Qwen3.5-27B", 65_536, (None, None)),
+    ("Qwen/Qwen3.6-35B-A3B", "Qwen/Qwen3.5-35B-A3B", 20_480, (None, None)),
+])
+def test_newest_releases_resolve_to_their_family_shapes(
+        model: str, same_shapes_as: str, kv_per_token: int,
+        quant: tuple[str | None, float | None]) -> None:
+    new, old = load_model(model), load_model(same_shapes_as)
+    assert (new.layer_kinds, new.num_kv_heads, new.head_dim, new.mamba, new.num_parameters) == (
+        old.layer_kinds, old.num_kv_heads, old.head_dim, old.mamba, old.num_parameters)
+    assert (new.quant_method, new.quant_bits) == quant
+    assert _kv_per_token(model) == kv_per_token
 
 
 def test_tensor_parallel_splits_the_new_hybrids_like_vllm() -> None:
