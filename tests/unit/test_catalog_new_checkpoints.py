@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvcap.api.errors import ModelNotFound
+from kvcap.api.errors import InvalidModelConfig, ModelNotFound
+from kvcap.capacity.arch import parse_config
 from kvcap.capacity.catalog import GIB, get_gpu
 from kvcap.capacity.configs import load_model
 from kvcap.capacity.memory import ServeArgs, estimate
@@ -123,6 +124,27 @@ def test_variants_resolve_to_the_same_shapes(alias: str, model: str) -> None:
 def test_gemma_3n_kv_shared_layers_own_no_cache() -> None:
     assert load_model("google/gemma-3n-E4B-it").kv_shared_layers == 15
     assert load_model("google/gemma-3n-E2B-it").kv_shared_layers == 10
+
+
+def _gemma3n_text(intermediate: object) -> dict[str, object]:
+    return {"model_type": "gemma3n", "text_config": {
+        "model_type": "gemma3n_text", "hidden_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "head_dim": 256, "intermediate_size": intermediate, "vocab_size": 1000}}
+
+
+def test_per_layer_mlp_widths_count_like_their_sum() -> None:
+    # Gemma 3n's config.json lists intermediate_size per layer: 4 x 16384 counts as 16384 each, and
+    # mixed widths (MatFormer mix-and-match) count their sum: 3 x (8192 + 16384 + 8192 + 16384) x 2048.
+    same = parse_config(_gemma3n_text([16384] * 4)).num_parameters
+    assert same == parse_config(_gemma3n_text(16384)).num_parameters
+    mixed = parse_config(_gemma3n_text([8192, 16384, 8192, 16384])).num_parameters
+    assert same - mixed == 3 * 2048 * 2 * (16384 - 8192)
+
+
+@pytest.mark.parametrize("bad", [[16384] * 3, [16384, 16384, 0, 16384], [16384, "wide", 1, 1]])
+def test_per_layer_mlp_widths_must_match_the_layers(bad: list[object]) -> None:
+    with pytest.raises(InvalidModelConfig, match=r"'intermediate_size' lists \d+ widths for 4 layers"):
+        parse_config(_gemma3n_text(bad))
 
 
 def _kv_per_token(model: str) -> int:

@@ -614,6 +614,16 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
     n_layers = _require_int(cfg, where, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
     hidden = _require_int(cfg, where, "hidden_size", "n_embd", "d_model", "dim")
     cfg = {**cfg, "hidden_size": hidden}
+    widths = cfg.get("intermediate_size")
+    if isinstance(widths, list):
+        # Gemma 3n (MatFormer) lists the MLP width per layer (Gemma3nTextConfig takes one width or a
+        # list); the parameter count needs their sum, which n_layers x the mean keeps.
+        if len(widths) != n_layers or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+            raise InvalidModelConfig(
+                f"{where}: 'intermediate_size' lists {len(widths)} widths for {n_layers} layers; "
+                f"give one positive integer per layer (num_hidden_layers) or a single number")
+        cfg = {**cfg, "intermediate_size": sum(widths) // n_layers}
     heads = _require_int(cfg, where, "num_attention_heads", "n_head", "n_heads", "num_heads")
     kv_heads = _get(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", "n_kv_heads")
     if kv_heads is None:
