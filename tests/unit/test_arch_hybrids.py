@@ -90,8 +90,15 @@ def test_models_without_an_indexer_have_none() -> None:
 
 def test_vision_towers_count_in_the_weights() -> None:
     qwen = load_model("Qwen/Qwen3.5-27B")
-    # 27 ViT blocks of hidden 1152 / intermediate 4304
-    assert qwen.vision_parameters == 27 * (4 * 1152 * 1152 + 2 * 1152 * 4304)
+    # 27 ViT blocks of hidden 1152 / intermediate 4304, the patch embedding (3 channels x 2 frames x
+    # 16 x 16 -> 1152), the 2,304-entry position table and one 2x2 patch merger into the 5,120-wide LM
+    blocks = 27 * (4 * 1152 * 1152 + 2 * 1152 * 4304)
+    patch, pos, merger = 3 * 2 * 16 * 16 * 1152, 2304 * 1152, 4608 * 4608 + 4608 * 5120
+    assert qwen.vision_parameters == blocks + patch + pos + merger
+    # Qwen3-VL adds a merger per deepstack level (3): 0.13 B parameters outside the ViT blocks
+    vl = load_model("Qwen/Qwen3-VL-30B-A3B-Instruct")
+    vl_blocks = 27 * (4 * 1152 * 1152 + 2 * 1152 * 4304)
+    assert vl.vision_parameters - vl_blocks == patch + pos + 4 * (4608 * 4608 + 4608 * 2048)
     mllama = load_model("meta-llama/Llama-3.2-90B-Vision-Instruct")
     assert mllama.vision_parameters > 0
 

@@ -474,6 +474,30 @@ def _mamba_state(cfg: dict[str, Any], dtype_bytes: int) -> MambaState | None:
     return MambaState((conv_k - 1) * intermediate, intermediate * d_state, ssm_bytes)
 
 
+def _vision_extras(vc: dict[str, Any], vh: int) -> int:
+    """Qwen-VL towers' parameters outside the ViT blocks (transformers' Qwen2.5-VL / Qwen3-VL /
+    Qwen3.5 vision modules): the patch embedding (in_channels x temporal_patch x patch^2 -> hidden),
+    the learned position table (`num_position_embeddings` x hidden) and the patch mergers -- one,
+    plus one per `deepstack_visual_indexes` entry -- each a (hidden x merge^2)^2 fc1 and a
+    (hidden x merge^2) x out_hidden_size fc2. Qwen3-VL-30B-A3B: 0.13 B, 0.24 GiB in bf16, which its
+    H200 launches logged above the ViT-blocks-only count. Gated (SiLU) MLPs (Qwen2.5-VL) add the
+    third projection. Other towers: 0."""
+    merge, out_hidden = vc.get("spatial_merge_size"), vc.get("out_hidden_size")
+    if not (merge and out_hidden):
+        return 0
+    extra = 0
+    if str(vc.get("hidden_act") or "") == "silu" and vc.get("intermediate_size"):
+        depth = int(_get(vc, "depth", "num_hidden_layers", default=0) or 0)
+        extra += depth * vh * int(vc["intermediate_size"])
+    if vc.get("patch_size"):
+        extra += (int(vc.get("in_channels") or 3) * int(vc.get("temporal_patch_size") or 1)
+                  * int(vc["patch_size"]) ** 2 * vh)
+    extra += int(vc.get("num_position_embeddings") or 0) * vh
+    width = vh * int(merge) ** 2
+    mergers = 1 + len(vc.get("deepstack_visual_indexes") or ())
+    return extra + mergers * (width * width + width * int(out_hidden))
+
+
 def _param_counts(cfg: dict[str, Any], kinds: tuple[str, ...], n_layers: int, heads: int,
                   kv_heads: int, head_dim: int) -> tuple[int, int, int, int, bool]:
     """(total, embedding, routed-expert, num_experts, is_moe) parameters from the config's shapes."""
@@ -667,7 +691,7 @@ def parse_config(config: dict[str, Any], *, name: str = "config.json",
         vl = int(_get(vc, "num_hidden_layers", "depth", default=0) or 0)
         vl += int(vc.get("num_global_layers") or 0)  # mllama: 32 local + 8 global encoder layers
         vi = int(_get(vc, "intermediate_size", default=4 * vh) or 4 * vh)
-        vision = vl * (4 * vh * vh + 2 * vh * vi)
+        vision = vl * (4 * vh * vh + 2 * vh * vi) + _vision_extras(vc, vh)
         total += vision
     if num_parameters:
         # The catalog's count is authoritative (safetensors metadata); scale the derived parts.
