@@ -309,6 +309,10 @@ def replicated_weights(cfg: dict[str, Any], n_layers: int,
                          and ((i + 1) % step == 0 if step > 1 else True))
     rep_dtype = moe_layers * hidden * n_experts
     rep_q = absorbed = indexer = 0
+    # LatentMoE's fc1_latent_proj / fc2_latent_proj (hidden <-> moe_latent_size) are
+    # `ReplicatedLinear` with the checkpoint's quantization (vllm/model_executor/models/nemotron_h.py,
+    # `NemotronHMoE.__init__`)
+    rep_q += moe_layers * 2 * hidden * int(cfg.get("moe_latent_size") or 0)
     if cfg.get("kv_lora_rank"):
         kv_lora, rope = int(cfg["kv_lora_rank"]), int(cfg.get("qk_rope_head_dim", 64))
         q_lora = int(cfg.get("q_lora_rank") or 0)
