@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -44,6 +48,54 @@ for _api in (
 
 C_COMPONENT = "kvcap"  # Event source / reporting component
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class RequestTiming:
+    """One request as the caller saw it: verb, resource, seconds from send to the whole answer read,
+    of which `queued` waiting for a pooled connection; `status` 0 when no answer came."""
+
+    verb: str
+    resource: str
+    seconds: float
+    queued: float
+    status: int
+
+
+_RECORDING: ContextVar[list[RequestTiming] | None] = ContextVar("kvcap_kube_requests", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[RequestTiming]]:
+    """Collect the timing of every request sent from this context (tasks it starts included:
+    they copy the context, and with it the same list)."""
+    timings: list[RequestTiming] = []
+    token = _RECORDING.set(timings)
+    try:
+        yield timings
+    finally:
+        _RECORDING.reset(token)
+
+
+def resource_of(path: str) -> str:
+    """The resource a request path names ('deployments', 'modeldeployments/status', 'discovery')."""
+    parts = [p for p in path.split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # after /api/v1 or /apis/g/v
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return "discovery"
+    return f"{rest[0]}/{rest[2]}" if len(rest) > 2 else rest[0]
+
+
+async def _on_queued_start(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+    ctx.queued_at = time.monotonic()
+
+
+async def _on_queued_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+    box = ctx.trace_request_ctx
+    if isinstance(box, dict):
+        box["queued"] = box.get("queued", 0.0) + time.monotonic() - ctx.queued_at
 
 
 class ApiError(Exception):
@@ -155,7 +207,11 @@ class Kube:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._discovering: dict[str, asyncio.Task[frozenset[str] | None]] = {}
         self.requests = 0  # requests sent (the scale benchmark reads it)
+        self.in_flight = 0  # requests sent and not yet answered (watches not counted)
+        self.peak_in_flight = 0
+        self.pool_waits = 0  # requests that waited for a free pooled connection
 
     @classmethod
     def from_environment(cls, *, discovery_ttl: float = 60.0, timeout: float = 30.0) -> Kube:
@@ -172,7 +228,12 @@ class Kube:
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=_ssl_context(self._cfg), limit=self._connections)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            tracing = aiohttp.TraceConfig()
+            tracing.on_connection_queued_start.append(_on_queued_start)
+            tracing.on_connection_queued_end.append(_on_queued_end)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, trace_configs=[tracing]
+            )
         return self._session
 
     def _headers(self) -> dict[str, str]:
@@ -198,10 +259,21 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
+        box: dict[str, float] = {}
+        status = 0
+        started = time.monotonic()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             async with session.request(
-                method, self._host + path, params=params, data=data, headers=headers
+                method,
+                self._host + path,
+                params=params,
+                data=data,
+                headers=headers,
+                trace_request_ctx=box,
             ) as response:
+                status = response.status
                 text = await response.text()
                 if response.status >= 400:
                     try:
@@ -216,6 +288,18 @@ class Kube:
                 return json.loads(text) if text else {}
         except (aiohttp.ClientError, TimeoutError) as err:
             raise ApiError(0, "ConnectionFailed", f"{method} {path}: {err!r}") from err
+        finally:
+            self.in_flight -= 1
+            queued = box.get("queued", 0.0)
+            if queued:
+                self.pool_waits += 1
+            timings = _RECORDING.get()
+            if timings is not None:
+                timings.append(
+                    RequestTiming(
+                        method, resource_of(path), time.monotonic() - started, queued, status
+                    )
+                )
 
     # --- objects ---
 
@@ -425,6 +509,15 @@ class Kube:
         cached = self._discovery.get(key)
         if cached is not None and time.monotonic() - cached[0] < self._discovery_ttl:
             return cached[1]
+        # one request per group version however many reconciles ask at once (the TTL expires
+        # for every worker at the same moment)
+        task = self._discovering.get(key)
+        if task is None:
+            task = self._discovering[key] = asyncio.ensure_future(self._discover(key))
+            task.add_done_callback(lambda _: self._discovering.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _discover(self, key: str) -> frozenset[str] | None:
         try:
             result = await self._request("GET", f"/apis/{key}")
             plurals: frozenset[str] | None = frozenset(

@@ -75,6 +75,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         nodes=NodeView() if options.node_inventory else None,
         children=ChildView(),
     )
+    ctx.events = rc.event_poster(ctx.kube)  # events off the reconcile's path
     # Autoscaling (extension point (a)): metrics per object from one Prometheus tick, replicas
     # per pool from kvcap.autoscale.policy; the tick queues every autoscaled object.
     autoscaler = Autoscaler.from_environment(kube=ctx.kube, view=ctx.children)
@@ -105,6 +106,8 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await cancel(task)
     ctx = getattr(memo, "ctx", None)
     if ctx is not None:
+        if ctx.events is not None:
+            await ctx.events.close()  # what is left, before the Lease is released
         await ctx.kube.close()
 
 

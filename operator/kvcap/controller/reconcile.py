@@ -36,7 +36,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +52,7 @@ from kvcap.capacity.memory import Calibration
 from kvcap.capacity.plan_types import CapacityPlan
 from kvcap.capacity.planner import plan_deployment
 from kvcap.clients.hfhub import fetch_config
-from kvcap.clients.kube import ApiError, Kube, plural_for
+from kvcap.clients.kube import ApiError, Kube, plural_for, recording
 from kvcap.controller.conditions import (
     Check,
     Event,
@@ -99,7 +98,21 @@ from kvcap.controller.decide import (
     unschedulable_pods,
 )
 from kvcap.controller.render import Features, Owner, RenderOptions, child_key, owner_selector
-from kvcap.controller.runtime import Backoff, ChildView, Key, NodeView, TtlLru, WorkQueue
+from kvcap.controller.runtime import (
+    Backoff,
+    ChildView,
+    EventPoster,
+    Key,
+    LatencyWindow,
+    LoopLag,
+    NodeView,
+    Sample,
+    TtlLru,
+    WorkQueue,
+    phase,
+    recording_phases,
+    stats_line,
+)
 from kvcap.controller.settings import Settings
 
 HUB_CACHE_SECONDS = 3600.0  # a fetched config.json is reused this long
@@ -159,7 +172,11 @@ class OperatorContext:
     applied: TtlLru[str, tuple[str, str]] = field(default_factory=lambda: TtlLru(100_000))
     plans: TtlLru[str, CapacityPlan] = field(default_factory=lambda: TtlLru(PLAN_CACHE_ENTRIES))
     plans_lock: threading.Lock = field(default_factory=threading.Lock)
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    planning: dict[str, threading.Event] = field(default_factory=dict)  # keys being planned
+    latencies: LatencyWindow = field(default_factory=LatencyWindow)  # the stats window
+    # None: a reconcile posts its events itself, before it returns (tests); the operator hands
+    # them to a poster (handlers.py), off the reconcile's path
+    events: EventPoster | None = None
     # the calibration ConfigMap's entries (settings.calibration_configmap), re-read before re-plans
     calibrations: tuple[Calibration, ...] = ()
 
@@ -195,7 +212,8 @@ class OperatorContext:
 
     def cached_planner(self) -> PlanFn:
         """The planner, memoized on its inputs (it is pure): objects with the same spec, config
-        and inventory are planned once. Thread-safe (decide runs in a worker thread)."""
+        and inventory are planned once, also when they are reconciled at the same moment (the
+        others wait for the one planning). Thread-safe (decide runs in a worker thread)."""
         plan_fn = self.plan_fn or calibrated_plan_fn(self.calibrations) or plan_deployment
         calibrations = f"{id(self.plan_fn)}:{self.calibrations!r}"  # what else plans depend on
 
@@ -210,14 +228,25 @@ class OperatorContext:
                 sort_keys=True,
                 default=str,
             )
-            with self.plans_lock:
-                hit = self.plans.get(key)
-            if hit is not None:
-                return hit
-            result = plan_fn(spec, config=config, cluster_gpus=cluster_gpus)
-            with self.plans_lock:
-                self.plans.put(key, result, PLAN_CACHE_SECONDS)
-            return result
+            while True:
+                with self.plans_lock:
+                    hit = self.plans.get(key)
+                    if hit is not None:
+                        return hit
+                    busy = self.planning.get(key)
+                    if busy is None:
+                        done = self.planning[key] = threading.Event()
+                        break
+                busy.wait(60.0)  # then look again (planned, or plan it here if that failed)
+            try:
+                result = plan_fn(spec, config=config, cluster_gpus=cluster_gpus)
+                with self.plans_lock:
+                    self.plans.put(key, result, PLAN_CACHE_SECONDS)
+                return result
+            finally:
+                with self.plans_lock:
+                    self.planning.pop(key, None)
+                done.set()
 
         return plan
 
@@ -277,13 +306,14 @@ def to_kopf_error(failure: Failure | None) -> Exception | None:
 
 
 async def discover_features(kube: Kube) -> Features:
-    lws = await kube.has_resource(*kc.LEADER_WORKER_SET_API[:3])
-    monitor = await kube.has_resource(*kc.SERVICE_MONITOR_API[:3])
-    pool_api: tuple[str, str] | None = None
-    for api in (kc.INFERENCE_POOL_API_V1, kc.INFERENCE_POOL_API_V1ALPHA2):
-        if await kube.has_resource(*api[:3]):
-            pool_api = (api[0], api[1])
-            break
+    """The optional APIs served (cached by the client): asked at once, one round trip."""
+    pools = (kc.INFERENCE_POOL_API_V1, kc.INFERENCE_POOL_API_V1ALPHA2)
+    lws, monitor, *served = await asyncio.gather(
+        kube.has_resource(*kc.LEADER_WORKER_SET_API[:3]),
+        kube.has_resource(*kc.SERVICE_MONITOR_API[:3]),
+        *(kube.has_resource(*api[:3]) for api in pools),
+    )
+    pool_api = next(((api[0], api[1]) for api, ok in zip(pools, served, strict=True) if ok), None)
     return Features(service_monitor=monitor, leader_worker_set=lws, inference_pool=pool_api)
 
 
@@ -496,48 +526,47 @@ async def sync_children(
 ) -> SyncResult:
     """Apply what is desired, delete what is ours and stale. With `applied` (what this process
     last applied, by child uid), a child whose applied-hash annotation equals the desired one and
-    whose generation has not moved since that apply is left alone (no request at all)."""
+    whose generation has not moved since that apply is left alone (no request at all).
+
+    The children are independent objects, so each goes its own way at once: a child the view has
+    not seen is looked up by name (a same-named object without our controller ownerReference is a
+    conflict, left alone), then applied. A new ModelDeployment's children cost two round trips,
+    whatever their number, not one per child."""
     diff = diff_children(desired, listed, owner.uid)
     conflicts = list(diff.conflicts)
-    to_apply = list(diff.apply)
     versions = {kind_name(o): o.get("metadata", {}).get("resourceVersion") for o in listed}
-    found = await asyncio.gather(  # concurrently: a new object looks up all of its children
-        *(
-            kube.get(
-                obj["apiVersion"],
-                plural_for(obj["apiVersion"], obj["kind"]),
-                owner.namespace,
-                obj["metadata"]["name"],
-            )
-            for obj in diff.lookup
-        )
-    )
-    for obj, existing in zip(diff.lookup, found, strict=True):
-        if existing is None or is_controlled_by(existing, owner.uid):
-            to_apply.append(obj)
-            if existing is not None:
-                versions[kind_name(obj)] = existing.get("metadata", {}).get("resourceVersion")
-        else:
-            conflicts.append(f"{obj['kind']} '{obj['metadata']['name']}'")
-    objects: list[dict[str, Any]] = []
-    rejected: list[str] = []
-    failed: str | None = None  # a transient error midway: reported, then retried
-    order = {kind_name(o): i for i, o in enumerate(desired)}
     current = {kind_name(o): o for o in listed}
-    for obj in sorted(to_apply, key=lambda o: order[kind_name(o)]):
-        seen = current.get(kind_name(obj))
-        if applied is not None and seen is not None and unchanged(obj, seen, applied):
-            objects.append(dict(seen))
-            continue
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    rejected: list[str] = []
+    failures: list[str] = []  # transient errors: reported, then retried
+
+    async def one(obj: dict[str, Any], look_up: bool) -> None:
+        ident, label = kind_name(obj), f"{obj['kind']} '{obj['metadata']['name']}'"
+        seen = current.get(ident)
         try:
+            if look_up:
+                existing = await kube.get(
+                    obj["apiVersion"],
+                    plural_for(obj["apiVersion"], obj["kind"]),
+                    owner.namespace,
+                    obj["metadata"]["name"],
+                )
+                if existing is not None and not is_controlled_by(existing, owner.uid):
+                    conflicts.append(label)
+                    return
+                if existing is not None:
+                    versions[ident] = existing.get("metadata", {}).get("resourceVersion")
+            elif applied is not None and seen is not None and unchanged(obj, seen, applied):
+                results[ident] = dict(seen)
+                return
             result = await kube.apply(obj)
         except ApiError as err:
-            if err.transient:  # stop here; ChildrenSynced=False/ApplyFailed says how far it got
-                failed = f"{obj['kind']} '{obj['metadata']['name']}': {err}"
-                break
-            rejected.append(f"{obj['kind']} '{obj['metadata']['name']}': {err.message}")
-            continue
-        objects.append(result)
+            if err.transient:  # ChildrenSynced=False/ApplyFailed says which
+                failures.append(f"{label}: {err}")
+            else:
+                rejected.append(f"{label}: {err.message}")
+            return
+        results[ident] = result
         result_meta = result.get("metadata") or {}
         if applied is not None and result_meta.get("uid"):
             applied.put(
@@ -545,25 +574,40 @@ async def sync_children(
                 (applied_hash(obj) or "", change_marker(result)),
                 APPLIED_MEMORY_SECONDS,
             )
-        before = versions.get(kind_name(obj))
+        before = versions.get(ident)
         if before is None:
             logger.info("Created %s %s", obj["kind"], obj["metadata"]["name"])
-        elif before != result.get("metadata", {}).get("resourceVersion"):
+        elif before != result_meta.get("resourceVersion"):
             logger.info("Updated %s %s", obj["kind"], obj["metadata"]["name"])
-    deleted = []
-    for obj in () if failed is not None else diff.delete:  # never prune a half-applied set
+
+    await asyncio.gather(
+        *(one(obj, False) for obj in diff.apply), *(one(obj, True) for obj in diff.lookup)
+    )
+    order = {kind_name(o): i for i, o in enumerate(desired)}
+    objects = [results[k] for k in sorted(results, key=order.__getitem__)]
+    failures.sort(key=lambda f: next((i for k, i in order.items() if f"'{k[1]}'" in f), 0))
+    failed = failures[0] + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "") \
+        if failures else None
+    to_apply = len(results) + len(failures) + len(rejected)
+
+    async def remove(obj: Mapping[str, Any]) -> str | None:
         meta = obj["metadata"]
         plural = plural_for(obj["apiVersion"], obj["kind"])
         if await kube.delete(
             obj["apiVersion"], plural, owner.namespace, meta["name"], uid=meta["uid"]
         ):
-            deleted.append(f"{obj['kind']} '{meta['name']}'")
             logger.info("Deleted %s %s", obj["kind"], meta["name"])
+            return f"{obj['kind']} '{meta['name']}'"
+        return None
+
+    # never prune a half-applied set
+    removed = await asyncio.gather(*(remove(o) for o in (() if failed else diff.delete)))
+    deleted = [d for d in removed if d is not None]
     if failed is not None:
         check = Check(
             "False",
             kc.APPLY_FAILED,
-            f"applied {len(objects)} of {len(to_apply)} children, then {failed}; retrying",
+            f"applied {len(objects)} of {to_apply} children, then {failed}; retrying",
         )
     elif rejected:
         check = Check("False", kc.APPLY_REJECTED, "the API server rejected " + "; ".join(rejected))
@@ -590,6 +634,15 @@ async def _post_events(
             await kube.post_event(body, type=event.type, reason=event.reason, message=event.message)
         except ApiError as err:  # e.g. the namespace is terminating: never fail a reconcile on it
             logger.debug("Could not post event %s: %s", event.reason, err)
+
+
+def event_poster(kube: Kube) -> EventPoster:
+    """The operator's EventPoster: posts through `kube` (what cannot be posted is logged)."""
+
+    async def post(body: Mapping[str, Any], event: Event) -> None:
+        await kube.post_event(body, type=event.type, reason=event.reason, message=event.message)
+
+    return EventPoster(post)
 
 
 async def act(
@@ -682,39 +735,57 @@ async def reconcile_key(
     """Converge one ModelDeployment's children and status. Safe to call at any time, any number of
     times, concurrently: the object is read, decided on and its status written under its lock,
     from a fresh read, so an older generation is never applied or reported after a newer one."""
-    async with ctx.lock((namespace, name)):
-        for attempt in range(STATUS_ATTEMPTS):
-            tracked = ctx.tracked.get((namespace, name))
-            raw: dict[str, Any] | None
-            if attempt == 0 and tracked is not None and tracked.body is not None:
-                # The newest version the watch (or our own write) delivered: no request. If it
-                # is stale, the status write's resourceVersion precondition fails and the next
-                # attempt reads the object from the API server.
-                raw = dict(tracked.body)
-            else:
-                try:
-                    raw = await ctx.kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
-                except ApiError as err:
-                    if err.transient:
-                        raise _transient(err, ctx.settings, f"read {namespace}/{name}") from err
-                    raise
-                if raw is not None and tracked is not None:
-                    tracked.remember(raw)
-            if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
-                return
-            if uid is not None and raw["metadata"].get("uid") != uid:
-                return  # a new object of that name: its own events reconcile it
-            if trigger == "resync" and skip_resync(raw):
-                return
+    lock = ctx.lock((namespace, name))
+    with phase("lock"):
+        await lock.acquire()
+    try:
+        await _reconcile_locked(ctx, namespace, name, trigger=trigger, logger=logger, uid=uid)
+    finally:
+        lock.release()
+
+
+async def _reconcile_locked(
+    ctx: OperatorContext,
+    namespace: str,
+    name: str,
+    *,
+    trigger: Trigger,
+    logger: Logger,
+    uid: str | None,
+) -> None:
+    for attempt in range(STATUS_ATTEMPTS):
+        tracked = ctx.tracked.get((namespace, name))
+        raw: dict[str, Any] | None
+        if attempt == 0 and tracked is not None and tracked.body is not None:
+            # The newest version the watch (or our own write) delivered: no request. If it
+            # is stale, the status write's resourceVersion precondition fails and the next
+            # attempt reads the object from the API server.
+            raw = dict(tracked.body)
+        else:
             try:
-                await _reconcile(raw, logger=logger, ctx=ctx, trigger=trigger)
-                return
-            except StatusConflictError as err:
-                logger.debug("Status of %s/%s changed under us (%s); again", namespace, name, err)
-        raise kopf.TemporaryError(
-            f"the status of {namespace}/{name} kept changing",
-            delay=ctx.settings.retry_delay_seconds,
-        )
+                with phase("read"):
+                    raw = await ctx.kube.get(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
+            except ApiError as err:
+                if err.transient:
+                    raise _transient(err, ctx.settings, f"read {namespace}/{name}") from err
+                raise
+            if raw is not None and tracked is not None:
+                tracked.remember(raw)
+        if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        if uid is not None and raw["metadata"].get("uid") != uid:
+            return  # a new object of that name: its own events reconcile it
+        if trigger == "resync" and skip_resync(raw):
+            return
+        try:
+            await _reconcile(raw, logger=logger, ctx=ctx, trigger=trigger)
+            return
+        except StatusConflictError as err:
+            logger.debug("Status of %s/%s changed under us (%s); again", namespace, name, err)
+    raise kopf.TemporaryError(
+        f"the status of {namespace}/{name} kept changing",
+        delay=ctx.settings.retry_delay_seconds,
+    )
 
 
 async def _reconcile(
@@ -728,16 +799,20 @@ async def _reconcile(
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
     obj = raw
     try:
-        obs = await observe(ctx, obj, logger)
-        policy = ctx.policy(obs.features)
-        if needs_replan(obj):  # the planner may be CPU-heavy: keep the event loop free
-            decision = await asyncio.to_thread(decide, obs, policy)
-        else:
-            decision = decide(obs, policy)
-        outcome = await act(ctx, obs, decision, logger)
+        with phase("observe"):
+            obs = await observe(ctx, obj, logger)
+        with phase("decide"):
+            policy = ctx.policy(obs.features)
+            if needs_replan(obj):  # the planner may be CPU-heavy: keep the event loop free
+                decision = await asyncio.to_thread(decide, obs, policy)
+            else:
+                decision = decide(obs, policy)
+        with phase("act"):
+            outcome = await act(ctx, obs, decision, logger)
         result = assess(obs, decision, outcome, trigger, policy)
         if result.changed:
-            written = await write_status(ctx, obj, result.status)
+            with phase("status"):
+                written = await write_status(ctx, obj, result.status)
             tracked = ctx.tracked.get((namespace, name))
             if tracked is not None and written.get("metadata"):
                 tracked.remember(written)
@@ -751,9 +826,12 @@ async def _reconcile(
                 err, ctx.settings, f"reconcile ModelDeployment {namespace}/{name}"
             ) from err
         raise
-    await _post_events(ctx.kube, obs.obj, result.events, logger)
+    if ctx.events is not None:
+        ctx.events.submit((namespace, name), obs.obj, result.events)
+    else:
+        with phase("events"):
+            await _post_events(ctx.kube, obs.obj, result.events, logger)
     elapsed = time.monotonic() - started
-    ctx.latencies.append(elapsed)
     if result.changed:
         logger.info(
             "Reconciled ModelDeployment %s/%s: %s=%s (%s), %s=%s, %d children, %.0f ms",
@@ -826,27 +904,47 @@ async def work(ctx: OperatorContext) -> None:
     """One worker: take a key, reconcile it, retry it later on a temporary failure."""
     while True:
         key, trigger = await ctx.queue.get()
-        try:
-            await reconcile_key(
-                ctx,
-                *key,
-                trigger=trigger,
-                logger=_logger,
-                uid=ctx.tracked[key].uid if key in ctx.tracked else None,
-            )
-        except kopf.TemporaryError as err:
-            _logger.debug("%s/%s will be retried: %s", *key, err)
-            ctx.queue.add_after(key, float(err.delay or ctx.settings.retry_delay_seconds))
-        except kopf.PermanentError as err:
-            _logger.warning("ModelDeployment %s/%s: %s", *key, err)
-        except ApiError as err:
-            _logger.warning("Could not reconcile ModelDeployment %s/%s: %s", *key, err)
-            ctx.queue.add_after(key, ctx.settings.retry_delay_seconds)
-        except Exception:
-            _logger.exception("Reconcile of ModelDeployment %s/%s failed", *key)
-            ctx.queue.add_after(key, max(60.0, ctx.settings.retry_delay_seconds))
-        finally:
-            ctx.queue.done(key)
+        taken = time.monotonic()  # reconcile latency runs from here (queue wait is apart)
+        outcome = "ok"
+        with recording() as requests, recording_phases() as phases:
+            try:
+                await reconcile_key(
+                    ctx,
+                    *key,
+                    trigger=trigger,
+                    logger=_logger,
+                    uid=ctx.tracked[key].uid if key in ctx.tracked else None,
+                )
+            except kopf.TemporaryError as err:
+                outcome = "retry"
+                _logger.debug("%s/%s will be retried: %s", *key, err)
+                ctx.queue.add_after(key, float(err.delay or ctx.settings.retry_delay_seconds))
+            except kopf.PermanentError as err:
+                outcome = "failed"
+                _logger.warning("ModelDeployment %s/%s: %s", *key, err)
+            except ApiError as err:
+                outcome = "retry"
+                _logger.warning("Could not reconcile ModelDeployment %s/%s: %s", *key, err)
+                ctx.queue.add_after(key, ctx.settings.retry_delay_seconds)
+            except Exception:
+                outcome = "error"
+                _logger.exception("Reconcile of ModelDeployment %s/%s failed", *key)
+                ctx.queue.add_after(key, max(60.0, ctx.settings.retry_delay_seconds))
+            finally:
+                if "observe" not in phases and outcome == "ok":
+                    outcome = "skipped"  # gone, or a resync with nothing to check
+                ctx.latencies.add(
+                    Sample(
+                        key,
+                        trigger,
+                        ctx.queue.waited(key),
+                        time.monotonic() - taken,
+                        dict(phases),
+                        tuple(requests),
+                        outcome,
+                    )
+                )
+                ctx.queue.done(key)
             lock = ctx.locks.get(key)
             if key not in ctx.tracked and lock is not None and not lock.locked():
                 del ctx.locks[key]  # deleted while it was being reconciled
@@ -863,28 +961,40 @@ async def resync_forever(ctx: OperatorContext) -> None:
 
 
 async def report_stats(ctx: OperatorContext, every: float = 60.0) -> None:
-    """One log line a minute: reconciles, latency percentiles, API requests, queue depth."""
-    requests = ctx.kube.requests
+    """One log line a minute: reconciles (latency from dequeue to done, skipped ones apart),
+    queue wait, API requests, queue depth; and where the slowest reconcile spent its time."""
+    kube = ctx.kube
+    requests, pool_waits = kube.requests, kube.pool_waits
+    lag = LoopLag()
+    sampler = asyncio.create_task(lag.run())
+    try:
+        await _report_stats(ctx, every, lag, requests, pool_waits)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+
+
+async def _report_stats(
+    ctx: OperatorContext, every: float, lag: LoopLag, requests: int, pool_waits: int
+) -> None:
+    kube = ctx.kube
     while True:
         await asyncio.sleep(every)
-        window = sorted(ctx.latencies)
-        ctx.latencies.clear()
-        sent, requests = ctx.kube.requests - requests, ctx.kube.requests
-        if not window and not sent:
+        samples = [s for s in ctx.latencies.drain() if s.outcome != "skipped"]
+        sent, requests = kube.requests - requests, kube.requests
+        waits, pool_waits = kube.pool_waits - pool_waits, kube.pool_waits
+        peak, kube.peak_in_flight = kube.peak_in_flight, kube.in_flight
+        if not samples and not sent:
             continue
-        p50 = window[len(window) // 2] if window else 0.0
-        p99 = window[min(len(window) - 1, int(len(window) * 0.99))] if window else 0.0
         _logger.info(
-            "kvcap stats: %d reconciles in %.0fs, p50 %.0f ms, p99 %.0f ms, %d API requests, "
-            "%d objects, %d queued",
-            len(window),
-            every,
-            p50 * 1000,
-            p99 * 1000,
-            sent,
-            len(ctx.tracked),
-            len(ctx.queue),
+            "%s",
+            stats_line(
+                samples, every, sent, len(ctx.tracked), len(ctx.queue), waits, peak, lag.drain()
+            ),
         )
+        for slow in sorted(samples, key=lambda s: -s.seconds)[:3]:
+            _logger.info("kvcap slowest reconcile: %s", slow.describe())
 
 
 __all__ = [
