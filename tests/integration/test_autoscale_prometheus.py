@@ -63,6 +63,15 @@ def wait_rates(prometheus: PrometheusServer, expected: dict[str, float]) -> None
     prometheus.wait_for(query, settled)
 
 
+def wait_peaks(prometheus: PrometheusServer, namespaces: list[str]) -> None:
+    """The token rates are a subquery sampled every 15 s of wall-clock time
+    (`max_over_time(irate(...)[10m:15s])`): wait until a sampled step holds two scrapes."""
+    query = shell.build_queries(WINDOW)["peak_prompt_token_rate"]
+    prometheus.wait_for(
+        query, lambda r: set(namespaces) <= {i["metric"]["namespace"] for i in r}, timeout=45.0
+    )
+
+
 @pytest.mark.parametrize(
     ("config", "split", "capacity"),
     [
@@ -80,6 +89,7 @@ def test_every_generation_reads_the_same(prometheus, emulators, config, split, c
     emulators(ns_a, "pod-0", BUSY, **config)
     emulators(ns_b, "pod-0", Levels(kv_usage=0.1, running=1, preemptions_per_second=0.1), **config)
     wait_rates(prometheus, {ns_a: 0.5, ns_b: 0.1})
+    wait_peaks(prometheus, [ns_a, ns_b])
     snap = fetch(prometheus)
     assert snap.error is None
     assert snap.queries == len(shell.QUERIES) == 10
@@ -93,9 +103,10 @@ def test_every_generation_reads_the_same(prometheus, emulators, config, split, c
     assert a.preemption_rate == pytest.approx(0.5, rel=0.15)
     assert a.prefix_cache_hit_rate == pytest.approx(0.25, rel=0.05)
     assert math.isnan(b.prefix_cache_hit_rate)  # 0/0: no prompts, no hit rate
-    assert a.prompt_token_rate == pytest.approx(1000, rel=0.15)
-    assert a.generation_token_rate == pytest.approx(200, rel=0.15)
-    assert b.prompt_token_rate == 0.0 and b.generation_token_rate == 0.0
+    # a steady rate: its peak over the last 10 minutes is the rate itself
+    assert a.peak_prompt_token_rate == pytest.approx(1000, rel=0.15)
+    assert a.peak_generation_token_rate == pytest.approx(200, rel=0.15)
+    assert b.peak_prompt_token_rate == 0.0 and b.peak_generation_token_rate == 0.0
     assert abs(a.sample_time - snap.time) < 30
     if capacity is None:
         assert math.isnan(a.kv_capacity_tokens)
@@ -103,10 +114,34 @@ def test_every_generation_reads_the_same(prometheus, emulators, config, split, c
         assert a.kv_capacity_tokens == capacity
     sample = shell.pod_sample(snap, ns_a, "pod-0", ready=True)
     assert sample.kv_usage == 0.8 and sample.ready
-    assert (sample.prompt_token_rate, sample.generation_token_rate) == (
-        a.prompt_token_rate,
-        a.generation_token_rate,
+    assert (sample.peak_prompt_token_rate, sample.peak_generation_token_rate) == (
+        a.peak_prompt_token_rate,
+        a.peak_generation_token_rate,
     )
+
+
+def test_token_rates_keep_the_peak_after_a_burst(prometheus, emulators) -> None:
+    """The compute floor reads each pod's busiest scrape interval of the last 10 minutes: after a
+    burst of 5,000 prompt tokens/s falls to 500, the plain rate follows and the peak stays."""
+    ns = unique("burst")
+    server = emulators(ns, "p", Levels(kv_usage=0.2, prompt_tokens_per_second=5000))
+
+    def near(value: float) -> Any:
+        def check(result: list[dict[str, Any]]) -> bool:
+            got = [float(i["value"][1]) for i in result if i["metric"].get("namespace") == ns]
+            return bool(got) and abs(got[0] - value) <= 0.1 * value
+
+        return check
+
+    queries = shell.build_queries(WINDOW)
+    prometheus.wait_for(queries["peak_prompt_token_rate"], near(5000), timeout=45.0)
+    server.set_levels(Levels(kv_usage=0.2, prompt_tokens_per_second=500))
+    prometheus.wait_for(
+        f'sum by (namespace) (rate(vllm:prompt_tokens_total{{namespace="{ns}"}}[{WINDOW}]))',
+        near(500),
+    )
+    got = fetch(prometheus).pods[(ns, "p")]
+    assert got.peak_prompt_token_rate == pytest.approx(5000, rel=0.15)
 
 
 def test_new_name_wins_when_a_server_exports_both(prometheus, emulators) -> None:

@@ -100,21 +100,33 @@ CASES = [
     # window elapsed, 6 replicas where 1 would do: halfway (6 - floor(5/2) = 4), not one step
     ("low-window-elapsed-halfway", {}, obs(6, [pod(i) for i in range(6)]), p.PoolState(low_since=700.0), 4, "down", "4 replicas (halfway down from 6)"),
     # --- with token prices (rule 4's compute floor and rule 5's priced pressure) ---
-    # compute floor: 2 x 10k prompt tokens/s x 100 us = 2.0 s of steps per s, at 70 % busy -> 3
-    ("up-on-compute-floor", PRICED, obs(2, [pod(0, 0.1, prompt_token_rate=10_000.0), pod(1, 0.1, prompt_token_rate=10_000.0)]), p.PoolState(), 3, "up", "token rates need 2.00 replica-seconds/s of steps > 70% busy of 2 replicas → 3 replicas"),
-    # decode counts too: + 2 x 500 generated tokens/s x 1 ms = 3.0 s/s -> ceil(3.0 / 0.7) = 5
-    ("up-on-compute-floor-with-decode", PRICED, obs(2, [pod(i, 0.1, prompt_token_rate=10_000.0, generation_token_rate=500.0) for i in range(2)]), p.PoolState(), 5, "up", "3.00 replica-seconds/s"),
-    # the floor holds replicas KV alone would release: 3 x 5k x 100 us = 1.5 s/s -> 3 at 70 %
-    ("compute-floor-blocks-scale-down", PRICED, obs(3, [pod(i, 0.01, prompt_token_rate=5_000.0) for i in range(3)]), p.PoolState(low_since=0.0), 3, "hold", "≤"),
+    # compute floor on the peak rates (each pod's busiest scrape interval of the last 10 min):
+    # 2 x 10k prompt tokens/s x 100 us = 2.0 s of steps per s, at 90 % busy -> ceil(2.22) = 3
+    ("up-on-compute-floor", PRICED, obs(2, [pod(0, 0.1, peak_prompt_token_rate=10_000.0), pod(1, 0.1, peak_prompt_token_rate=10_000.0)]), p.PoolState(), 3, "up", "peak token rates need 2.00 replica-seconds/s of steps > 90% busy of 2 replicas → 3 replicas"),
+    # decode counts too: + 2 x 500 generated tokens/s x 1 ms = 3.0 s/s -> ceil(3.0 / 0.9) = 4
+    ("up-on-compute-floor-with-decode", PRICED, obs(2, [pod(i, 0.1, peak_prompt_token_rate=10_000.0, peak_generation_token_rate=500.0) for i in range(2)]), p.PoolState(), 4, "up", "3.00 replica-seconds/s"),
+    # the floor holds replicas KV alone would release: 3 x 8k x 100 us = 2.4 s/s -> 3 at 90 %
+    ("compute-floor-blocks-scale-down", PRICED, obs(3, [pod(i, 0.01, peak_prompt_token_rate=8_000.0) for i in range(3)]), p.PoolState(low_since=0.0), 3, "hold", "≤"),
+    # ... a lower peak releases them: 3 x 5k x 100 us = 1.5 s/s -> 2 at 90 %
+    ("lower-peak-releases-replicas", PRICED, obs(3, [pod(i, 0.01, peak_prompt_token_rate=5_000.0) for i in range(3)]), p.PoolState(low_since=0.0), 2, "down", "peak token rates need 2 replicas at 90% busy"),
     # ... and is where the halfway step-down aims: 6 x 2k x 100 us = 1.2 s/s -> 2; 6 - 2 = 4
-    ("compute-floor-is-the-step-down-target", PRICED, obs(6, [pod(i, 0.01, prompt_token_rate=2_000.0) for i in range(6)]), p.PoolState(low_since=0.0), 4, "down", "token rates need 2 replicas at 70% busy"),
+    ("compute-floor-is-the-step-down-target", PRICED, obs(6, [pod(i, 0.01, peak_prompt_token_rate=2_000.0) for i in range(6)]), p.PoolState(low_since=0.0), 4, "down", "peak token rates need 2 replicas at 90% busy"),
+    # without token prices the peak rates are not read: KV alone, 1 replica is enough
+    ("unpriced-ignores-peak-rates", {}, obs(3, [pod(i, 0.01, peak_prompt_token_rate=8_000.0) for i in range(3)]), p.PoolState(low_since=0.0), 2, "down", "halfway down from 3"),
     # 2 capacity-waiting requests: 4.8k tokens fit the free KV, 2 x 2000 x 100 us / 2 = 0.2 s of
-    # queued prefill per replica <= 0.25 s: fresh arrivals, not pressure (vLLM PR #38435)
+    # queued prefill per replica <= 0.5 s: fresh arrivals, not pressure (vLLM PR #38435)
     ("priced-short-queue-is-not-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=2.0, waiting=2.0), pod(1, 0.3)]), p.PoolState(), 2, "hold", "low for 0s of 300s"),
     # ... the same queue without prices is pressure (the only compute signal left)
     ("unpriced-short-queue-is-pressure", {}, obs(2, [pod(0, 0.3, waiting_capacity=2.0, waiting=2.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "2 waiting for capacity"),
-    # 10 waiting: 10 x 2000 x 100 us / 2 = 1.0 s of queued prefill per replica > 0.25 s
-    ("priced-queue-seconds-are-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=10.0, waiting=10.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "1.0s of queued prefill per Ready replica > 0.25s"),
+    # 4 waiting: 0.4 s of queued prefill per replica <= 0.5 s, 9.6k tokens fit: not pressure
+    ("priced-queue-under-limit-is-not-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=4.0, waiting=4.0), pod(1, 0.3)]), p.PoolState(), 2, "hold", "low for 0s of 300s"),
+    # 10 waiting: 10 x 2000 x 100 us / 2 = 1.0 s of queued prefill per replica > 0.5 s
+    ("priced-queue-seconds-are-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=10.0, waiting=10.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "1.0s of queued prefill per Ready replica > 0.5s"),
+    # long prompts: one 20k-token request takes a replica 2.0 s to prefill, so one request per
+    # Ready replica waiting for the next step is a fresh arrival, not a queue ...
+    ("priced-one-long-request-per-replica-is-not-pressure", {**PRICED, "length": p.LengthModel(mean_prompt_tokens=20_000, mean_output_tokens=400)}, obs(2, [pod(0, 0.3, waiting_capacity=2.0, waiting=2.0), pod(1, 0.3)]), p.PoolState(), 2, "hold", "low for 0s of 300s"),
+    # ... three for two replicas are (3.0 s of queued prefill per replica > 2.0 s)
+    ("priced-long-queue-is-pressure", {**PRICED, "length": p.LengthModel(mean_prompt_tokens=20_000, mean_output_tokens=400)}, obs(2, [pod(0, 0.3, waiting_capacity=3.0, waiting=3.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "3.0s of queued prefill per Ready replica > 2s"),
     # 20 waiting x 2.4k = 48k tokens > 40k free KV (2 x 2% of 1M): pressure at any prefill speed
     ("priced-queue-over-free-kv-is-pressure", {**PRICED, "prefill_seconds_per_token": 1e-9, "target_kv_utilization_percent": 100}, obs(2, [pod(0, 0.98, waiting_capacity=20.0, waiting=20.0), pod(1, 0.98)]), p.PoolState(), 3, "up", "48k queued tokens > 40k free"),
     # a Ready replica's preemptions stay pressure with prices

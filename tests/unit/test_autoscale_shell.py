@@ -181,10 +181,12 @@ def test_queries_aggregate_by_namespace_and_pod_and_read_every_spelling() -> Non
     for name in ("vllm_kv_cache_usage_perc", "vllm_gpu_cache_usage_perc"):
         assert name in usage
     assert 'reason="capacity"' in queries["waiting_capacity"]
-    for signal, name in (("prompt_token_rate", "prompt_tokens_total"),
-                         ("generation_token_rate", "generation_tokens_total")):
-        assert f"rate(vllm:{name}[2m])" in queries[signal]
-        assert f"rate(vllm_{name}[2m])" in queries[signal]
+    # the token rates are peaks: each pod's busiest scrape interval of the last 10 minutes
+    for signal, name in (("peak_prompt_token_rate", "prompt_tokens_total"),
+                         ("peak_generation_token_rate", "generation_tokens_total")):
+        for prefix in ("vllm:", "vllm_"):
+            assert f"max_over_time(irate({prefix}{name}[2m])[10m:15s])" in queries[signal]
+        assert queries[signal].startswith("sum by (namespace, pod) (")
 
 
 def test_connect_sends_the_token_and_trusts_the_ca(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -230,3 +230,47 @@ def test_cli_rejects_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[s
         main(["simulate", "-f", str(manifest), "--trace", str(manifest), flag, value])
     assert exc.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+class _Recorder:
+    """A policy that keeps its replicas and records the pool's peak prompt-token rate."""
+
+    name = "recorder"
+    interval_s = 15.0
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float]] = []
+
+    def initial(self, pool: int, setup: Any) -> int:
+        return 1
+
+    def desired(self, pool: int, setup: Any, now: float, replicas: int, pods: list[Any]) -> int:
+        if pool == 0:
+            self.seen.append((now, sum(p.peak_prompt_token_rate for p in pods)))
+        return replicas
+
+
+def test_policies_see_the_peak_token_rate_of_the_last_ten_minutes() -> None:
+    """The token rates are max_over_time(irate(...)[10m:15s]), as the operator queries them: a
+    burst stays visible for ten minutes at the rate of its busiest scrape interval, then goes."""
+    from kvcap.capacity.planner import plan_deployment
+    from kvcap.sim.cluster import simulate
+    from kvcap.sim.model import ClusterConfig
+    from kvcap.sim.run import pool_setups
+
+    spec = _spec()
+    arch = load_model(spec.model.name)
+    burst = tuple(TraceRequest(100.0 + i * 0.01, 2000, 10, ()) for i in range(50))
+    late = TraceRequest(1190.0, 10, 2, ())  # keeps the simulation going past the window
+    trace = Trace("burst", "lengths", (*burst, late), span=1200.0)
+    setups = pool_setups(spec, plan_deployment(spec, arch=arch), arch, trace, 30.0)
+    rec = _Recorder()
+    simulate(trace, setups, rec, ClusterConfig(drain_s=0.0))
+    before = [v for t, v in rec.seen if t < 100]
+    during = [v for t, v in rec.seen if 135 <= t <= 700]
+    after = [v for t, v in rec.seen if 735 <= t < 1190]
+    assert before and set(before) == {0.0}
+    # 100k prompt tokens within one or two 15 s scrape intervals: the busiest holds at least half
+    assert during and len(set(during)) == 1 and during[0] >= 100_000 / 15 / 2
+    assert during[0] <= 100_000 / 15 + 1e-6
+    assert after and set(after) == {0.0}

@@ -54,8 +54,8 @@ class PodMetrics:
     waiting_capacity: float = NAN
     preemption_rate: float = NAN
     prefix_cache_hit_rate: float = NAN
-    prompt_token_rate: float = NAN
-    generation_token_rate: float = NAN
+    peak_prompt_token_rate: float = NAN
+    peak_generation_token_rate: float = NAN
     kv_capacity_tokens: float = NAN
 
 
@@ -196,8 +196,8 @@ def pod_sample(snapshot: Snapshot, namespace: str, pod: str, ready: bool) -> Pod
         waiting_capacity=m.waiting_capacity,
         preemption_rate=m.preemption_rate,
         prefix_cache_hit_rate=m.prefix_cache_hit_rate,
-        prompt_token_rate=m.prompt_token_rate,
-        generation_token_rate=m.generation_token_rate,
+        peak_prompt_token_rate=m.peak_prompt_token_rate,
+        peak_generation_token_rate=m.peak_generation_token_rate,
         sample_time=m.sample_time,
     )
 

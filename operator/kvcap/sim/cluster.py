@@ -6,9 +6,11 @@ output (the operator's routing labels), and inside the pool to the Ready replica
 requests in flight (ties: least KV in use). Requests longer than every pool are rejected. While a
 pool has no Ready replica its requests wait at the gateway.
 
-Policies see only what Prometheus saw at the last scrape (rates over the last 2 minutes) and decide
-every `interval_s`. A new pod takes GPUs at once and serves after the pool's start-up time. A pod
-scaled down stops taking requests, finishes what it holds, and then frees its GPUs.
+Policies see only what Prometheus saw at the last scrape (rates over the last 2 minutes; token
+rates as the highest per-scrape-interval rate of the last 10 minutes, as the operator's subquery
+reads them) and decide every `interval_s`. A new pod takes GPUs at once and serves after the
+pool's start-up time. A pod scaled down stops taking requests, finishes what it holds, and then
+frees its GPUs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class PoolRun:
     views: list[PodView] = field(default_factory=list)
     history: dict[int, deque[tuple[float, int, int, int, int, int, int]]] = field(
         default_factory=dict)
+    # per replica: (scrape time, prompt and generated tokens/s since the previous scrape)
+    token_rates: dict[int, deque[tuple[float, float, float]]] = field(default_factory=dict)
     scale_events: int = 0
     max_used_fraction: float = 0.0
 
@@ -154,26 +158,34 @@ def simulate(trace: Trace, pools: Sequence[PoolSetup], policy: Policy, cfg: Clus
                              c.prompt_tokens, c.generation_tokens))
                 while hist and hist[0][0] < t - cfg.rate_window_s - 1e-9:
                     hist.popleft()
-                t0, p0, q0, pq0, ph0, pt0, gt0 = hist[0]
+                t0, p0, q0, pq0, ph0, _, _ = hist[0]
                 dt = t - t0
                 if dt > 0:
                     pre = (c.preemptions - p0) / dt
                     rps = (c.requests - q0) / dt
                     dq = c.prefix_queries - pq0
                     hit = (c.prefix_hits - ph0) / dq if dq > 0 else float("nan")
-                    ptr = (c.prompt_tokens - pt0) / dt
-                    gtr = (c.generation_tokens - gt0) / dt
                 else:
-                    pre = rps = ptr = gtr = 0.0
+                    pre = rps = 0.0
                     hit = float("nan")
+                # irate: the last two samples; the peak: max_over_time over `peak_window_s`
+                rates = pr.token_rates.setdefault(id(rep), deque())
+                if len(hist) >= 2:
+                    tp, *_, ptp, gtp = hist[-2]
+                    rates.append((t, (c.prompt_tokens - ptp) / (t - tp),
+                                  (c.generation_tokens - gtp) / (t - tp)))
+                while rates and rates[0][0] <= t - cfg.peak_window_s + 1e-9:
+                    rates.popleft()
+                ptr = max((r[1] for r in rates), default=0.0)
+                gtr = max((r[2] for r in rates), default=0.0)
                 views.append(PodView(
                     name=f"{pr.setup.name}-{k}", ready=is_ready, kv_usage=rep.kv_usage,
                     kv_capacity_tokens=rep.kv_capacity_tokens, running=float(len(rep.running)),
                     waiting=float(len(rep.waiting)),
                     waiting_capacity=float(min(rep.capacity_waiting, len(rep.waiting))),
                     preemption_rate=pre, prefix_hit_rate=hit,
-                    request_rate=rps, sample_time=t, prompt_token_rate=ptr,
-                    generation_token_rate=gtr))
+                    request_rate=rps, sample_time=t, peak_prompt_token_rate=ptr,
+                    peak_generation_token_rate=gtr))
                 if is_ready:
                     ready += 1
                     used += rep.used_blocks * rep.cfg.block_size

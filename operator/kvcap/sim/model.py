@@ -44,8 +44,10 @@ class PodView:
     prefix_hit_rate: float
     request_rate: float
     sample_time: float
-    prompt_token_rate: float = 0.0  # rate(vllm:prompt_tokens_total[1m])
-    generation_token_rate: float = 0.0  # rate(vllm:generation_tokens_total[1m])
+    # Highest per-scrape-interval rate over `peak_window_s`, as the operator queries it:
+    # max_over_time(irate(vllm:prompt_tokens_total[2m])[10m:15s]) (kvcap/autoscale/promql.py)
+    peak_prompt_token_rate: float = 0.0
+    peak_generation_token_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +79,5 @@ class ClusterConfig:
     drain_s: float = 900.0  # keep simulating this long after the last arrival
     # rate(...[2m]), as the operator queries (kvcap/autoscale/prometheus.py RATE_WINDOW)
     rate_window_s: float = 120.0
+    # max_over_time(irate(...)[10m:15s]) of the token rates (kvcap/autoscale/promql.py PEAK_RANGE)
+    peak_window_s: float = 600.0

@@ -223,8 +223,8 @@ class Kvcap:
                          waiting=p.waiting, waiting_capacity=p.waiting_capacity,
                          preemption_rate=p.preemption_rate,
                          prefix_cache_hit_rate=p.prefix_hit_rate,
-                         prompt_token_rate=p.prompt_token_rate,
-                         generation_token_rate=p.generation_token_rate,
+                         peak_prompt_token_rate=p.peak_prompt_token_rate,
+                         peak_generation_token_rate=p.peak_generation_token_rate,
                          sample_time=p.sample_time)
             if p.ready else kv.PodSample(name=p.name, ready=False)
             for p in pods))
