@@ -22,6 +22,13 @@ bf16 / TP + the RoPE cos/sin table kvcap charges on every GPU, 262,144 positions
   67,108,864 = 27,957,172,224 B = 26.037 GiB; TP 4: 13,945,031,680 x 2 / 4 + 67,108,864 =
   7,039,624,704 B = 6.556 GiB (vLLM logged 7.208: it keeps the vision tower whole on every rank, which
   kvcap does not model yet); 40 x 2 x (8 / 4) x 128 x 2 = 40,960 B/token.
+- sarvamai/sarvam-105b (bf16, DeepSeek-V3 layout): 32 MLA layers x (512 + 64) x 2 = 36,864 B/token,
+  the same on every TP rank. Parameters (exact, from the shapes) 106,031,767,424, of which untied
+  embeddings 2 x 262144 x 4096 = 2,147,483,648, MLA down-projections 32 x 4096 x (512 + 64) =
+  75,497,472 and routers 31 x 4096 x 128 = 16,252,928 (both whole on every rank); the other
+  103,792,533,376 split by TP. TP 2: 103,792,533,376 x 2 / 2 + (75,497,472 + 16,252,928) x 2
+  + 2,147,483,648 x 2 / 2 + RoPE 131072 x 64 x 2 = 16,777,216 -> 106,140,295,040 B = 98.851 GiB
+  (vLLM logged 99.03 GiB on H200).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ CASES = [
     ("RedHatAI/Ministral-3-14B-Instruct-2512", 1, "fp8", 163_840, 15_659_312_441, 14.584),
     ("mistralai/Ministral-3-14B-Reasoning-2512", 1, None, 163_840, 27_957_172_224, 26.037),
     ("mistralai/Ministral-3-14B-Reasoning-2512", 4, None, 40_960, 7_039_624_704, 6.556),
+    ("sarvamai/sarvam-105b", 2, None, 36_864, 106_140_295_040, 98.851),
 ]
 
 
@@ -76,13 +84,15 @@ def test_every_new_id_resolves_to_one_entry(name: str) -> None:
     assert entry.source and entry.num_parameters
 
 
-def test_the_launches_that_were_skipped_now_resolve() -> None:
-    # The model ids as the launch records spell them; each resolves to one of the new entries.
-    named = {m for m in _launch_models() if "Ministral-3-14B" in m}
-    assert named == {"RedHatAI/Ministral-3-14B-Instruct-2512",
-                     "mistralai/Ministral-3-14B-Reasoning-2512"}
-    for model in named:
-        assert find_model(model) is not None, model
+# The model ids as the launch records in vllm_launches.yaml spell them.
+LAUNCH_IDS = ["RedHatAI/Ministral-3-14B-Instruct-2512", "mistralai/Ministral-3-14B-Reasoning-2512",
+              "sarvamai/sarvam-105b"]
+
+
+@pytest.mark.parametrize("model", LAUNCH_IDS)
+def test_the_launches_that_were_skipped_now_resolve(model: str) -> None:
+    assert model in _launch_models()
+    assert find_model(model) is not None, model
 
 
 def test_given_the_logged_kv_memory_the_token_line_matches_vllm() -> None:
