@@ -29,6 +29,16 @@ bf16 / TP + the RoPE cos/sin table kvcap charges on every GPU, 262,144 positions
   103,792,533,376 split by TP. TP 2: 103,792,533,376 x 2 / 2 + (75,497,472 + 16,252,928) x 2
   + 2,147,483,648 x 2 / 2 + RoPE 131072 x 64 x 2 = 16,777,216 -> 106,140,295,040 B = 98.851 GiB
   (vLLM logged 99.03 GiB on H200).
+- moonshotai/Kimi-K2.5 (Kimi K2 language model, INT4 compressed-tensors routed experts, group 32 ->
+  4 + 16/32 = 4.5 bits; attention in bf16 by the ignore list): 61 MLA layers x (512 + 64) x 2 =
+  70,272 B/token on every rank. TP 8, from the 1,026,408,232,448 parameters: embeddings
+  2 x 163840 x 7168 = 2,348,810,240 in bf16 / 8 = 587,202,560 B; MLA down-projections 61 x 7168 x
+  (1536 + 512 + 64) = 923,467,776, ignored -> bf16, whole on every rank = 1,846,935,552 B; routers
+  60 x 7168 x 384 = 165,150,720 in bf16, whole = 330,301,440 B; the split body 1,022,970,803,712 of
+  which the ignored q_b/kv_b/o projections 61 x (1536 x 64 x 192 + 512 x 64 x 256 + 64 x 128 x 7168)
+  = 5,244,977,152 stay bf16 and 1,017,725,826,560 are 4.5-bit: (5,244,977,152 x 2 +
+  1,017,725,826,560 x 4.5 / 8) / 8 = 72,870,091,468 B (kv_b_proj is bf16, so no absorbed copy);
+  RoPE 262144 x 64 x 2 = 33,554,432 B. Total 75,668,085,452 B = 70.471 GiB (vLLM logged 72.02 GiB).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ CASES = [
     ("mistralai/Ministral-3-14B-Reasoning-2512", 1, None, 163_840, 27_957_172_224, 26.037),
     ("mistralai/Ministral-3-14B-Reasoning-2512", 4, None, 40_960, 7_039_624_704, 6.556),
     ("sarvamai/sarvam-105b", 2, None, 36_864, 106_140_295_040, 98.851),
+    ("moonshotai/Kimi-K2.5", 8, "compressed-tensors", 70_272, 75_668_085_452, 70.471),
 ]
 
 
@@ -86,13 +97,24 @@ def test_every_new_id_resolves_to_one_entry(name: str) -> None:
 
 # The model ids as the launch records in vllm_launches.yaml spell them.
 LAUNCH_IDS = ["RedHatAI/Ministral-3-14B-Instruct-2512", "mistralai/Ministral-3-14B-Reasoning-2512",
-              "sarvamai/sarvam-105b"]
+              "sarvamai/sarvam-105b", "moonshotai/Kimi-K2.5"]
 
 
 @pytest.mark.parametrize("model", LAUNCH_IDS)
 def test_the_launches_that_were_skipped_now_resolve(model: str) -> None:
     assert model in _launch_models()
     assert find_model(model) is not None, model
+
+
+def test_kimi_k25_carries_the_quantization_config_vllm_reads() -> None:
+    # The checkpoint publishes quantization_config inside text_config only; vLLM falls back to it for
+    # multimodal models, so the entry carries the identical object at the top level as well.
+    entry = find_model("moonshotai/Kimi-K2.5")
+    assert entry is not None
+    nested = entry.config["text_config"]["quantization_config"]
+    assert entry.config["quantization_config"] == nested
+    assert nested["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    assert load_model("moonshotai/Kimi-K2.5").quant_bits == 4.5
 
 
 def test_given_the_logged_kv_memory_the_token_line_matches_vllm() -> None:
