@@ -89,10 +89,15 @@ def _launch_models() -> set[str]:
 
 
 @pytest.mark.parametrize("name", NEW_IDS)
-def test_every_new_id_resolves_to_one_entry(name: str) -> None:
+def test_every_new_id_resolves_with_its_sources(name: str) -> None:
     entry = find_model(name)
     assert entry is not None, name
     assert entry.source and entry.num_parameters
+
+
+def test_red_hat_copy_is_the_mistral_fp8_checkpoint() -> None:
+    red_hat = find_model("RedHatAI/Ministral-3-14B-Instruct-2512")
+    assert red_hat is not None and red_hat.id == "mistralai/Ministral-3-14B-Instruct-2512"
 
 
 # The model ids as the launch records in vllm_launches.yaml spell them.
