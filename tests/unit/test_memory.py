@@ -465,3 +465,20 @@ def test_nemotron_h_experts_are_not_gated():
     assert moe_experts_gated(parse_config(deepseek_mla()))
     # max(N, K) twice, N = 1856 < K = 2688; gated it would have been max(1856, K) + max(3712, K)
     assert fused_moe_workspace_bytes(nano, 1, 8192) == (8192 * 6 * (2688 + 2688) + 8192 * 2688) * 2
+
+
+def test_a_quantization_config_inside_text_config_counts():
+    """Multimodal checkpoints (moonshotai/Kimi-K2.5) publish quantization_config inside
+    text_config; vLLM reads it there (`_verify_quantization`), so kvcap does too."""
+    from kvcap.capacity.memory import weight_bytes_per_gpu
+
+    qc = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+          "config_groups": {"g": {"targets": ["Linear"],
+                                  "weights": {"num_bits": 4, "type": "int", "group_size": 32}}}}
+    top = parse_config({**llama(), "quantization_config": qc})
+    nested = parse_config({"model_type": "llava", "architectures": ["X"],
+                           "text_config": {**llama(), "quantization_config": qc}})
+    plain = parse_config(llama())
+    assert (nested.quant_method, nested.quant_bits) == (top.quant_method, top.quant_bits)
+    assert nested.quant_bits is not None and nested.quant_bits < 8
+    assert weight_bytes_per_gpu(nested, 1, 1, None) < weight_bytes_per_gpu(plain, 1, 1, None) / 2

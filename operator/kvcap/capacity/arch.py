@@ -327,8 +327,18 @@ def replicated_weights(cfg: dict[str, Any], n_layers: int,
     return rep_q, rep_dtype, absorbed, indexer
 
 
-def _ignore_patterns(config: dict[str, Any]) -> list[str]:
+def quantization_config(config: dict[str, Any]) -> Any:
+    """The checkpoint's quantization_config: top level, else the text_config's -- where multimodal
+    checkpoints such as moonshotai/Kimi-K2.5 publish it and where vLLM also reads it
+    (`ModelConfig._verify_quantization` falls back to the text config, vllm/config/model.py)."""
     qc = config.get("quantization_config")
+    if qc is None and isinstance(config.get("text_config"), dict):
+        qc = config["text_config"].get("quantization_config")
+    return qc
+
+
+def _ignore_patterns(config: dict[str, Any]) -> list[str]:
+    qc = quantization_config(config)
     if not isinstance(qc, dict):
         return []
     raw = qc.get("ignore") or qc.get("exclude_modules") or qc.get("modules_to_not_convert") or []
@@ -599,7 +609,7 @@ _QUANT_BITS = {"fp8": 8.0, "fbgemm_fp8": 8.0, "fp8_dynamic": 8.0, "awq": 4.0, "a
 
 
 def _quant(config: dict[str, Any]) -> tuple[str | None, float | None]:
-    qc = config.get("quantization_config")
+    qc = quantization_config(config)
     if not isinstance(qc, dict):
         return None, None
     method = str(qc.get("quant_method") or qc.get("quant_algo") or "").lower() or None
