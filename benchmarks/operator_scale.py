@@ -65,7 +65,7 @@ STATS = re.compile(
     r"kvcap stats: (\d+) reconciles in \d+s, p50 (\d+) ms, p99 (\d+) ms, (\d+) API requests"
     r".*?; writing (\d+) p50 (\d+) ms p99 (\d+) ms; queue wait p50 (\d+) ms p99 (\d+) ms; "
     r"pool waits (\d+), peak in flight (\d+); re-reads \d+; loop lag p99 (\d+) ms max (\d+) ms; "
-    r"histogram ([\d ]+)"
+    r"full gc (\d+) max (\d+) ms; histogram ([\d ]+)"
 )
 SLOWEST = re.compile(r"kvcap slowest reconcile: (.*)")
 # the upper bounds (s) of the histogram's buckets (kvcap.controller.runtime.LATENCY_BUCKETS)
@@ -147,8 +147,8 @@ class Stats:
         self.n, self.p50, self.p99, self.requests = map(int, g[:4])
         self.writing, self.writing_p50, self.writing_p99 = map(int, g[4:7])
         self.wait_p50, self.wait_p99, self.pool_waits, self.peak_in_flight = map(int, g[7:11])
-        self.lag_p99, self.lag_max = map(int, g[11:13])
-        self.histogram = [int(x) for x in g[13].split()]
+        self.lag_p99, self.lag_max, self.gcs, self.gc_max = map(int, g[11:15])
+        self.histogram = [int(x) for x in g[15].split()]
 
 
 def stats_lines(log: Path) -> list[Stats]:
@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             ("operator event loop lag p99 / max, cold (worst minute)",
              f"{max((s.lag_p99 for s in cold), default=0)} / "
              f"{max((s.lag_max for s in cold), default=0)} ms", ""),
+            ("operator full GCs / longest pause, cold",
+             f"{sum(s.gcs for s in cold)} / {max((s.gc_max for s in cold), default=0)} ms", ""),
             ("client pool waits / peak requests in flight, cold",
              f"{sum(s.pool_waits for s in cold)} / {max((s.peak_in_flight for s in cold), default=0)}",
              ""),

@@ -122,6 +122,8 @@ APPLIED_MEMORY_SECONDS = 86400.0
 PLAN_CACHE_ENTRIES = 512  # distinct (spec, config, inventory) plans kept
 PLAN_CACHE_SECONDS = 3600.0
 STATUS_ATTEMPTS = 3  # a status write that conflicts re-reads and reconciles again, this often
+# A child's or pod's change queues its owner this long after (a burst of changes: one reconcile)
+CHILD_COALESCE_SECONDS = 0.5
 
 Logger = logging.Logger | logging.LoggerAdapter[Any] | kopf.Logger
 MetricsFn = Callable[[Mapping[str, Any], ModelDeploymentSpec], Awaitable[object | None]]
@@ -891,7 +893,7 @@ def child_changed(ctx: OperatorContext, event_type: str | None, body: Mapping[st
         return
     key = ctx.by_label.get(label_key)
     if key is not None:
-        ctx.queue.add(key, "resync")
+        ctx.queue.add_soon(key, CHILD_COALESCE_SECONDS)
 
 
 def inventory_changed(ctx: OperatorContext) -> None:
@@ -990,7 +992,7 @@ async def _report_stats(
         _logger.info(
             "%s",
             stats_line(
-                samples, every, sent, len(ctx.tracked), len(ctx.queue), waits, peak, lag.drain()
+                samples, every, sent, len(ctx.tracked), len(ctx.queue), waits, peak, *lag.drain()
             ),
         )
         for slow in sorted(samples, key=lambda s: -s.seconds)[:3]:

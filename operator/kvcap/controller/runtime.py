@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import logging
 import time
 from collections import OrderedDict
@@ -123,6 +124,7 @@ class WorkQueue:
         self._active: set[Key] = set()
         self._again: dict[Key, Trigger] = {}  # changed while active
         self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._soon: dict[Key, asyncio.TimerHandle] = {}  # add_soon: due, not yet queued
 
     def add(self, key: Key, trigger: Trigger = "resync") -> None:
         if key in self._active:
@@ -143,6 +145,18 @@ class WorkQueue:
 
     def _fire(self, key: Key, trigger: Trigger) -> None:
         self._timers.pop(key, None)
+        self.add(key, trigger)
+
+    def add_soon(self, key: Key, delay: float, trigger: Trigger = "resync") -> None:
+        """Queue `key` in `delay` seconds unless it is queued or due already: a burst of changes
+        (a new child's status updates, its pods starting) makes one reconcile, not one each."""
+        if key in self._pending or key in self._soon:
+            return
+        loop = asyncio.get_running_loop()
+        self._soon[key] = loop.call_later(delay, self._fire_soon, key, trigger)
+
+    def _fire_soon(self, key: Key, trigger: Trigger) -> None:
+        self._soon.pop(key, None)
         self.add(key, trigger)
 
     async def get(self) -> tuple[Key, Trigger]:
@@ -170,9 +184,10 @@ class WorkQueue:
         self._pending.pop(key, None)
         self._since.pop(key, None)
         self._again.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._timers, self._soon):
+            timer = timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -350,22 +365,39 @@ class LoopLag:
     def __init__(self, period: float = 0.1) -> None:
         self.period = period
         self.samples: list[float] = []
+        self.gc_pauses: list[float] = []  # full (generation 2) collections, s
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif len(self.gc_pauses) < 10_000:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.period)
-            if len(self.samples) < 100_000:
-                self.samples.append(max(0.0, loop.time() - before - self.period))
+        gc.callbacks.append(self._on_gc)
+        try:
+            while True:
+                before = loop.time()
+                await asyncio.sleep(self.period)
+                if len(self.samples) < 100_000:
+                    self.samples.append(max(0.0, loop.time() - before - self.period))
+        finally:
+            gc.callbacks.remove(self._on_gc)
 
-    def drain(self) -> list[float]:
+    def drain(self) -> tuple[list[float], list[float]]:
+        """(loop lags, full-collection pauses) since the last drain, sorted."""
         samples, self.samples = sorted(self.samples), []
-        return samples
+        pauses, self.gc_pauses = sorted(self.gc_pauses), []
+        return samples, pauses
 
 
 def stats_line(samples: Sequence[Sample], every: float, sent: int, objects: int, queued: int,
-               pool_waits: int, peak_in_flight: int, lag: Sequence[float] = ()) -> str:
+               pool_waits: int, peak_in_flight: int, lag: Sequence[float] = (),
+               gc_pauses: Sequence[float] = ()) -> str:
     """The per-minute `kvcap stats` line (benchmarks/operator_scale.py parses it)."""
     latencies = sorted(s.seconds for s in samples)
     waits = sorted(s.queued for s in samples)
@@ -381,6 +413,7 @@ def stats_line(samples: Sequence[Sample], every: float, sent: int, objects: int,
         f"pool waits {pool_waits}, peak in flight {peak_in_flight}; "
         f"re-reads {sum(1 for s in samples if 'read' in s.phases)}; "
         f"loop lag p99 {ms(quantile(lag, 0.99)):.0f} ms max {ms(max(lag, default=0.0)):.0f} ms; "
+        f"full gc {len(gc_pauses)} max {ms(max(gc_pauses, default=0.0)):.0f} ms; "
         f"histogram {' '.join(map(str, histogram(latencies)))}"
     )
 
