@@ -111,3 +111,42 @@ def test_hybrid_token_line_follows_the_version():
     assert old.kv_tokens == old.num_blocks // len(old.groups) * old.block_size
     assert new.kv_tokens == int(new.max_concurrency * 32768)
     assert new.kv_tokens != old.kv_tokens
+
+
+@pytest.mark.parametrize(("version", "served"), [
+    ("0.10.2", True),   # the last release with the V0 encoder-decoder runner
+    ("0.11.0", False),  # vllm-project/vllm#24907 removed it
+    (None, False),      # the default, newest version
+])
+def test_llama_3_2_vision_is_served_only_where_vllm_still_has_it(version, served):
+    from kvcap.api.errors import InvalidArgument
+
+    arch = load_model("meta-llama/Llama-3.2-11B-Vision-Instruct")
+    args = ServeArgs(vllm_version=version, max_model_len=8192)
+    from kvcap.capacity.catalog import get_gpu
+    h100 = get_gpu("H100-80GB")
+    if served:
+        assert estimate(arch, h100, args).fits
+        return
+    with pytest.raises(InvalidArgument) as err:
+        estimate(arch, h100, args)
+    assert "cannot serve MllamaForConditionalGeneration" in err.value.message
+    assert "#24907" in err.value.message and "--vllm-version 0.10.2" in err.value.message
+
+
+def test_the_planner_names_the_release_that_still_serves_a_removed_model():
+    from kvcap.api.errors import InvalidArgument
+    from kvcap.api.models import ModelDeploymentSpec
+    from kvcap.capacity.planner import plan_deployment
+
+    def md(image: str | None) -> ModelDeploymentSpec:
+        return ModelDeploymentSpec.model_validate({
+            "model": {"name": "meta-llama/Llama-3.2-11B-Vision-Instruct"},
+            "workload": {"maxContextTokens": 8192, "targetConcurrency": 8},
+            "gpu": {"products": ["H100-80GB"]},
+            **({"vllm": {"image": image}} if image else {})})
+
+    with pytest.raises(InvalidArgument) as err:
+        plan_deployment(md(None))  # the default image, v0.32.0
+    assert err.value.message.endswith("(`spec.vllm.image: vllm/vllm-openai:v0.10.2`)")
+    assert plan_deployment(md("vllm/vllm-openai:v0.10.2")).feasible

@@ -24,7 +24,7 @@ import yaml
 from kvcap.api.errors import InvalidArgument
 from kvcap.capacity.arch import CHUNKED, CROSS, DTYPE_BYTES, FULL, MAMBA, MLA, SLIDING, ModelArch
 from kvcap.capacity.catalog import GIB, Gpu
-from kvcap.capacity.vllm_version import VllmProfile, profile
+from kvcap.capacity.vllm_version import VllmProfile, profile, unserved_reason
 
 KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16", "fp8_inc", "fp8_ds_mla")
 DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py DEFAULT_BLOCK_SIZE
@@ -643,6 +643,9 @@ def estimate(arch: ModelArch, gpu: Gpu, args: ServeArgs,
     """Predict vLLM's startup memory accounting for one replica. `overheads` replaces the shipped
     overhead coefficients per profiler era (the accuracy benchmark's leave-one-source-out fits)."""
     prof = profile(args.vllm_version)
+    unserved = unserved_reason(arch.architectures, prof.version)
+    if unserved:
+        raise InvalidArgument(f"{arch.name}: {unserved[0]} (--vllm-version {unserved[1]})")
     tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
     dcp = args.decode_context_parallel_size
     validate_parallelism(arch, tp, pp, dcp)

@@ -34,7 +34,7 @@ from kvcap.capacity.hints import Fit, cheapest_per_kind, spec_change, what_would
 from kvcap.capacity.latency import StepModel, step_model
 from kvcap.capacity.memory import Calibration, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import Alternative, CapacityPlan, PoolPlan
-from kvcap.capacity.vllm_version import profile
+from kvcap.capacity.vllm_version import profile, unserved_reason
 
 LONG_TAIL_RATIO = 4  # split when maxContextTokens > 4 x p99
 Z95 = 1.6449
@@ -527,7 +527,12 @@ def _plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None
     lengths = LengthModel.from_percentiles(p.p50, p.p90, p.p99, w.max_context_tokens) if p else None
     n = w.target_concurrency
     threshold, split_why = _split_threshold(spec)
-    version = profile(spec.vllm.resolved_version()).label
+    prof = profile(spec.vllm.resolved_version())
+    version = prof.label
+    unserved = unserved_reason(arch.architectures, prof.version)
+    if unserved:  # one clear message, not one per GPU and shape
+        raise InvalidArgument(f"{arch.name}: {unserved[0]} (`spec.vllm.image: "
+                              f"vllm/vllm-openai:v{unserved[1]}`)")
 
     pct = w.latency_objectives.percentile if w.latency_objectives else None
     single = _demand("default", 0, w.max_context_tokens, n, lengths, pct)

@@ -122,6 +122,34 @@ _RULES: dict[str, list[tuple[tuple[int, int, int], object]]] = {
 }
 
 
+# Architectures vLLM stopped serving: (first release without it, last release with it, why). vLLM
+# keeps the same list for its own error message (`_PREVIOUSLY_SUPPORTED_MODELS` in
+# vllm/model_executor/models/registry.py).
+REMOVED_ARCHITECTURES: dict[str, tuple[tuple[int, int, int], str, str]] = {
+    # Llama 3.2 Vision never ran on the V1 engine ("MllamaForConditionalGeneration is not supported
+    # by the V1 Engine. Falling back to V0"); PR #24907 "Remove V0 Encoder-Decoder Support" (merged
+    # 2025-09-15, first shipped in v0.11.0): "After this PR, Whisper will be the only
+    # encoder-decoder model that are supported by vLLM".
+    "MllamaForConditionalGeneration": (
+        (0, 11, 0), "0.10.2",
+        "vllm-project/vllm#24907 removed the V0 encoder-decoder runner it needs"),
+}
+
+
+def unserved_reason(architectures: tuple[str, ...], version: tuple[int, int, int]
+                    ) -> tuple[str, str] | None:
+    """(why, last release that serves it) when vLLM `version` cannot serve a checkpoint of these
+    architectures, else None."""
+    for name in architectures:
+        removed = REMOVED_ARCHITECTURES.get(name)
+        if removed and version >= removed[0]:
+            since, last, why = removed
+            return (f"vLLM {'.'.join(map(str, version))} cannot serve {name}: {why} "
+                    f"(v{'.'.join(map(str, since))}); the last release that serves it is {last}",
+                    last)
+    return None
+
+
 def _rule(name: str, v: tuple[int, int, int]) -> object:
     value: object = None
     for since, val in _RULES[name]:
