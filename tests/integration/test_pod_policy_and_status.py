@@ -95,18 +95,28 @@ def test_pods_are_admitted_under_baseline_and_fail_visibly_under_restricted(
     kvcap_api: Api, kvcap_operator: Any, fresh_namespace: Any
 ) -> None:
     """Pod Security admission is the apiserver's own (PodSecurity plugin, on by default):
-    `baseline` admits kvcap's pods; `restricted` (runAsNonRoot, seccomp) rejects them, and the
-    ModelDeployment says FailedCreate in Ready and Stalled instead of '0 of 2 replicas ready'.
+    `baseline` admits kvcap's pods; `restricted` (runAsNonRoot) rejects the image's root user, and
+    the ModelDeployment says FailedCreate in Ready and Stalled instead of '0 of 2 replicas ready';
+    with `spec.vllm.runAsUser` `restricted` admits them too.
     https://kubernetes.io/docs/concepts/security/pod-security-admission/"""
     api = kvcap_api
-    for level, ns in (("baseline", "kvop-psa-b"), ("restricted", "kvop-psa-r")):
+    for level, ns, uid in (("baseline", "kvop-psa-b", None), ("restricted", "kvop-psa-r", None),
+                           ("restricted", "kvop-psa-u", 1001)):
         ns = fresh_namespace(ns)  # named kvop-*: the shared operator watches it
         api.merge(f"/api/v1/namespaces/{ns}", {"metadata": {"labels": {
             "pod-security.kubernetes.io/enforce": level,
             "pod-security.kubernetes.io/enforce-version": "latest",
         }}})
-        api.create_md(ns, "llama", small_spec())
-        if level == "baseline":
+        spec = small_spec()
+        if uid is not None:
+            spec["vllm"] = {"runAsUser": uid}
+        api.create_md(ns, "llama", spec)
+        if uid is not None:
+            md = md_when(api, ns, "llama", "Ready", "True")
+            pods = api.items(f"/api/v1/namespaces/{ns}/pods")
+            assert pods and all(p["spec"]["securityContext"]["runAsUser"] == uid for p in pods)
+            assert is_current(md, kc.STALLED, "False")
+        elif level == "baseline":
             md = md_when(api, ns, "llama", "Ready", "True")
             assert md["status"]["readyReplicas"] == 2
             # the weights that size the pods are stored (not pruned) and pinned with the plan

@@ -85,6 +85,8 @@ GOLDEN_DEPLOYMENT: dict[str, Any] = {
                 }}},
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                 "automountServiceAccountToken": False,
+                # the runtime's default seccomp profile: `restricted` but for runAsNonRoot
+                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": 130,
                 "containers": [{
@@ -232,6 +234,26 @@ DEPLOYMENT_CASES = [
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
             {"name": "HF_HOME", "value": "/model-cache"},
         ])],
+    ),
+    (
+        # `restricted` Pod Security: a non-root UID, HOME on its own emptyDir, fsGroup for the cache
+        "run-as-user",
+        {"vllm": {"runAsUser": 1001}}, {}, RenderOptions(),
+        [
+            _edit([*POD, "securityContext"], {
+                "seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": True,
+                "runAsUser": 1001, "runAsGroup": 1001, "fsGroup": 1001}),
+            _edit([*CONTAINER, "env"], [{"name": "HF_HOME", "value": "/model-cache"},
+                                        {"name": "HOME", "value": "/home/kvcap"}]),
+            _edit([*CONTAINER, "volumeMounts"], [
+                {"name": "dshm", "mountPath": "/dev/shm"},
+                {"name": "model-cache", "mountPath": "/model-cache"},
+                {"name": "home", "mountPath": "/home/kvcap"}]),
+            _edit([*POD, "volumes"], [
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                {"name": "model-cache", "emptyDir": {}},
+                {"name": "home", "emptyDir": {}}]),
+        ],
     ),
     (
         "extra-tolerations-deduplicated",

@@ -369,6 +369,13 @@ class VllmSpec(ApiModel):
         description="A volume for downloaded weights that outlives pods. Unset: an emptyDir sized "
         "from the weights (kept across container restarts, not across pods).",
     )] = None
+    run_as_user: Annotated[int | None, Field(
+        strict=True, default=None, ge=1, le=2147483647,
+        description="Run vLLM as this non-root UID (and GID, and fsGroup for the model cache): the "
+        "pods then meet the `restricted` Pod Security level, with HOME on a writable emptyDir "
+        "for vLLM's compile caches. Unset: the image's user (root in vllm/vllm-openai), which "
+        "`baseline` admits and `restricted` rejects.",
+    )] = None
 
     @field_validator("extra_args")
     @classmethod

@@ -19,10 +19,12 @@ Every pod kvcap renders (a Deployment's, a LeaderWorkerSet's leader and workers)
   Security level forbids hostPath volumes.
 * A startup budget that grows with the weight bytes: a fixed 30 min probe kills a DeepSeek-V3-sized
   (~690 GB) download half way, and it restarts forever.
-* A securityContext that the `baseline` Pod Security level admits, and that meets `restricted`
-  except for `runAsNonRoot` and `seccompProfile`, which the upstream `vllm/vllm-openai` image
-  (runs as root) does not allow: no privilege escalation, every capability dropped.
-  (Pod Security Standards: https://kubernetes.io/docs/concepts/security/pod-security-standards/)
+* A securityContext that the `baseline` Pod Security level admits and that meets `restricted`
+  but for `runAsNonRoot`: no privilege escalation, every capability dropped, the runtime's default
+  seccomp profile. The upstream `vllm/vllm-openai` image runs as root; `spec.vllm.runAsUser` runs
+  it as a non-root UID instead (HOME on a writable emptyDir, fsGroup for the model cache), which
+  `restricted` admits. (Pod Security Standards:
+  https://kubernetes.io/docs/concepts/security/pod-security-standards/)
 * A preStop pause and a termination grace period that let in-flight (streaming) responses finish:
   the endpoint is withdrawn first, then vLLM gets SIGTERM and `drain_seconds` to finish.
 * The model as vLLM's positional argument (`vllm serve MODEL`): `--model` is deprecated there.
@@ -47,6 +49,8 @@ from kvcap.controller.conditions import Check
 GIB = 2**30
 MODEL_CACHE_VOLUME = "model-cache"
 MODEL_CACHE_PATH = "/model-cache"  # HF_HOME: the Hub cache (`hub/`) lives below it
+HOME_VOLUME = "home"  # with spec.vllm.runAsUser: a writable HOME for vLLM's caches
+HOME_PATH = "/home/kvcap"
 HF_HOME_ENV = "HF_HOME"
 #: CPU for the API server, tokenizer and engine core, plus per GPU (one worker process each).
 CPU_BASE = 2
@@ -215,6 +219,10 @@ def env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     for var in spec.vllm.env:
         by_name[var.name] = {"name": var.name, "value": var.value}
     by_name[HF_HOME_ENV] = {"name": HF_HOME_ENV, "value": MODEL_CACHE_PATH}
+    if spec.vllm.run_as_user is not None and "HOME" not in by_name:
+        # a non-root UID has no writable home in the image: torch.compile, Triton and FlashInfer
+        # write their caches below ~/.cache
+        by_name["HOME"] = {"name": "HOME", "value": HOME_PATH}
     ref = spec.model.hf_token_secret_ref
     if ref is not None:
         by_name[kc.HF_TOKEN_ENV] = {
@@ -252,12 +260,22 @@ def affinity(pool: PoolPlan) -> dict[str, Any] | None:
 
 
 def container_security_context() -> dict[str, Any]:
-    """`baseline`-compatible; `restricted` but for runAsNonRoot/seccompProfile (see module doc)."""
+    """`baseline`-compatible; `restricted` but for runAsNonRoot (see module doc)."""
     return {
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
     }
+
+
+def pod_security_context(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The runtime's default seccomp profile always; with `spec.vllm.runAsUser`, a non-root UID,
+    GID and fsGroup (so an emptyDir or PVC model cache is writable), which completes `restricted`."""
+    ctx: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    uid = spec.vllm.run_as_user
+    if uid is not None:
+        ctx.update(runAsNonRoot=True, runAsUser=uid, runAsGroup=uid, fsGroup=uid)
+    return ctx
 
 
 def volumes(spec: ModelDeploymentSpec, model_bytes: int | None) -> list[dict[str, Any]]:
@@ -272,10 +290,13 @@ def volumes(spec: ModelDeploymentSpec, model_bytes: int | None) -> list[dict[str
         if model_bytes:
             empty["sizeLimit"] = _gib(EPHEMERAL_BASE + model_bytes)
         cache_volume = {"name": MODEL_CACHE_VOLUME, "emptyDir": empty}
-    return [
+    out = [
         {"name": kc.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": spec.vllm.shm_size}},
         cache_volume,
     ]
+    if spec.vllm.run_as_user is not None:
+        out.append({"name": HOME_VOLUME, "emptyDir": {}})
+    return out
 
 
 # --- the pod template ---
@@ -315,6 +336,8 @@ def render_pod_template(
         {"name": kc.SHM_VOLUME, "mountPath": "/dev/shm"},
         {"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_PATH},
     ]
+    if spec.vllm.run_as_user is not None:
+        container["volumeMounts"].append({"name": HOME_VOLUME, "mountPath": HOME_PATH})
     if role == kc.ROLE_SERVER:
         budget = startup_seconds(policy, model_bytes)
         container["startupProbe"] = _probe(
@@ -335,6 +358,7 @@ def render_pod_template(
         pod_spec["affinity"] = aff
     pod_spec["tolerations"] = tolerations(spec, extra_tolerations)
     pod_spec["automountServiceAccountToken"] = False
+    pod_spec["securityContext"] = pod_security_context(spec)
     pod_spec["enableServiceLinks"] = False
     pod_spec["terminationGracePeriodSeconds"] = policy.prestop_seconds + policy.drain_seconds
     pod_spec["containers"] = [container]
