@@ -127,6 +127,13 @@ CASES = [
     ("priced-one-long-request-per-replica-is-not-pressure", {**PRICED, "length": p.LengthModel(mean_prompt_tokens=20_000, mean_output_tokens=400)}, obs(2, [pod(0, 0.3, waiting_capacity=2.0, waiting=2.0), pod(1, 0.3)]), p.PoolState(), 2, "hold", "low for 0s of 300s"),
     # ... three for two replicas are (3.0 s of queued prefill per replica > 2.0 s)
     ("priced-long-queue-is-pressure", {**PRICED, "length": p.LengthModel(mean_prompt_tokens=20_000, mean_output_tokens=400)}, obs(2, [pod(0, 0.3, waiting_capacity=3.0, waiting=3.0), pod(1, 0.3)]), p.PoolState(), 3, "up", "3.0s of queued prefill per Ready replica > 2s"),
+    # peak rates kept 2 replicas 85 % busy (2 x 8.5k x 100 us = 1.7 s/s; the floor, 1.7 / 0.9,
+    # still says 2): one waiting request there is a compute-bound queue (>= 80 %), so pressure
+    ("priced-queue-on-saturated-replicas-is-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=1.0, waiting=1.0, peak_prompt_token_rate=8_500.0), pod(1, 0.3, peak_prompt_token_rate=8_500.0)]), p.PoolState(), 3, "up", "peak token rates kept the Ready replicas 85% busy ≥ 80%"),
+    # ... the same busy replicas with nothing waiting: no pressure, the floor holds 2
+    ("priced-saturated-without-queue-holds", PRICED, obs(2, [pod(i, 0.3, peak_prompt_token_rate=8_500.0) for i in range(2)]), p.PoolState(), 2, "hold", "≤"),
+    # ... and one waiting request on replicas 75 % busy is a fresh arrival
+    ("priced-queue-below-saturation-is-not-pressure", PRICED, obs(2, [pod(0, 0.3, waiting_capacity=1.0, waiting=1.0, peak_prompt_token_rate=7_500.0), pod(1, 0.3, peak_prompt_token_rate=7_500.0)]), p.PoolState(), 2, "hold", "≤"),
     # 20 waiting x 2.4k = 48k tokens > 40k free KV (2 x 2% of 1M): pressure at any prefill speed
     ("priced-queue-over-free-kv-is-pressure", {**PRICED, "prefill_seconds_per_token": 1e-9, "target_kv_utilization_percent": 100}, obs(2, [pod(0, 0.98, waiting_capacity=20.0, waiting=20.0), pod(1, 0.98)]), p.PoolState(), 3, "up", "48k queued tokens > 40k free"),
     # a Ready replica's preemptions stay pressure with prices

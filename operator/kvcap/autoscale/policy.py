@@ -51,7 +51,8 @@ The rule (docs/autoscaling.md explains it with examples):
    (capacity-waiting x tokens per waiting request) that do not fit the free KV of the Ready
    replicas, or whose prompts would take each Ready replica longer to prefill than both
    QUEUE_SECONDS_LIMIT and one mean request (one request per replica waiting for the next step
-   is a fresh arrival, not a queue). A few waiting requests that fit are not pressure: vLLM
+   is a fresh arrival, not a queue), or that wait on replicas whose peak token rates kept them at
+   least SATURATED_SHARE busy. A few waiting requests that fit are not pressure: vLLM
    counts fresh arrivals as capacity-waiting too (PR #38435), and on prefill-heavy pools "any
    waiting request" added a replica every tick at 2 % KV use. Without token prices (no compute
    floor) any capacity-waiting request is pressure, as the only compute signal left. Replicas
@@ -98,6 +99,13 @@ COMPUTE_TARGET = 0.9
 # short pools; tried 0.1, 0.25, 0.5 and 1 s in benchmarks/autoscaling.py: at 0.25 s a single
 # queued Mooncake prompt of 8.9k tokens was pressure and ratcheted both pools up).
 QUEUE_SECONDS_LIMIT = 0.5
+# With token prices, capacity-waiting requests are pressure (rule 5) whatever their number when
+# the peak token rates kept the Ready replicas at least this busy: the step-time model prices a
+# token at full-chunk prefill speed, and mixed prefill/decode steps saturate a replica at 80-90 %
+# of that (a saturated Azure-code pool read 0.82 per replica in kvcap.sim), so the floor's 90 %
+# alone may never fire while a queue builds. Tuned on seed 0 of benchmarks/autoscaling.py
+# (0.7, 0.75, 0.8, 0.85; docs/benchmarks.md).
+SATURATED_SHARE = 0.8
 DOWN_STEP_SHARE = 0.5  # share of the excess replicas one scale-down step removes (at least one)
 X, TO, GE, LE = "\u00d7", "\u2192", "\u2265", "\u2264"  # x, ->, >=, <= in messages
 
@@ -628,15 +636,18 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
     # the free KV or their prefill would keep every Ready replica busy for longer than one mean
     # request's prefill and QUEUE_SECONDS_LIMIT (one request per replica waiting for the next
     # step is a fresh arrival, not a queue); without prices, any capacity-waiting request is
-    # pressure (the only compute signal left).
+    # pressure (the only compute signal left). A queue on replicas whose peak busy share reached
+    # SATURATED_SHARE is compute-bound whatever its length: vLLM admits requests while KV and
+    # seats last, so a saturated replica's backlog sits mostly in `running`, not in the queue.
     queue_seconds = 0.0
+    saturated = spec.prices_tokens and n_ready > 0 and busy >= SATURATED_SHARE * n_ready
     prefill_cost = spec.prefill_seconds_per_token or 0.0
     one_prefill = length.mean_prompt_tokens * (1 - z(hit_rate)) * prefill_cost
     queue_limit = max(QUEUE_SECONDS_LIMIT, one_prefill)
     if spec.prices_tokens and n_ready:
         queue_seconds = waiting * one_prefill / n_ready
     queue_pressure = (
-        queue_tokens > free_tokens or queue_seconds > queue_limit
+        queue_tokens > free_tokens or queue_seconds > queue_limit or saturated
         if spec.prices_tokens
         else waiting > 0
     )
@@ -657,10 +668,15 @@ def decide(spec: ScalingSpec, obs: PoolObservation, state: PoolState) -> Decisio
                     f" ({format_tokens(queue_tokens)} queued tokens > "
                     f"{format_tokens(free_tokens)} free)"
                 )
-            else:
+            elif queue_seconds > queue_limit:
                 pressure_text += (
                     f" ({queue_seconds:.1f}s of queued prefill per Ready replica > "
                     f"{queue_limit:.2g}s)"
+                )
+            else:
+                pressure_text += (
+                    f" (peak token rates kept the Ready replicas {busy / n_ready:.0%} busy "
+                    f"{GE} {SATURATED_SHARE:.0%})"
                 )
         if starting:
             pressure_text += f" ({_plural(starting)} starting count as capacity)"
@@ -786,6 +802,7 @@ __all__ = [
     "PLAN_MISMATCH",
     "PROMETHEUS_UNAVAILABLE",
     "QUEUE_SECONDS_LIMIT",
+    "SATURATED_SHARE",
     "CapacityVerdict",
     "Decision",
     "Figures",
