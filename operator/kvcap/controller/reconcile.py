@@ -538,9 +538,10 @@ async def sync_children(
     conflicts = list(diff.conflicts)
     versions = {kind_name(o): o.get("metadata", {}).get("resourceVersion") for o in listed}
     current = {kind_name(o): o for o in listed}
+    order = {kind_name(o): i for i, o in enumerate(desired)}
     results: dict[tuple[str, str], dict[str, Any]] = {}
     rejected: list[str] = []
-    failures: list[str] = []  # transient errors: reported, then retried
+    failures: list[tuple[int, str]] = []  # transient errors (desired order): reported, retried
 
     async def one(obj: dict[str, Any], look_up: bool) -> None:
         ident, label = kind_name(obj), f"{obj['kind']} '{obj['metadata']['name']}'"
@@ -564,7 +565,7 @@ async def sync_children(
             result = await kube.apply(obj)
         except ApiError as err:
             if err.transient:  # ChildrenSynced=False/ApplyFailed says which
-                failures.append(f"{label}: {err}")
+                failures.append((order[ident], f"{label}: {err}"))
             else:
                 rejected.append(f"{label}: {err.message}")
             return
@@ -585,11 +586,12 @@ async def sync_children(
     await asyncio.gather(
         *(one(obj, False) for obj in diff.apply), *(one(obj, True) for obj in diff.lookup)
     )
-    order = {kind_name(o): i for i, o in enumerate(desired)}
     objects = [results[k] for k in sorted(results, key=order.__getitem__)]
-    failures.sort(key=lambda f: next((i for k, i in order.items() if f"'{k[1]}'" in f), 0))
-    failed = failures[0] + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "") \
-        if failures else None
+    failures.sort()
+    failed: str | None = None
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        failed = failures[0][1] + more
     to_apply = len(results) + len(failures) + len(rejected)
 
     async def remove(obj: Mapping[str, Any]) -> str | None:

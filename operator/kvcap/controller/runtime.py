@@ -307,18 +307,21 @@ class Sample:
 
     def describe(self) -> str:
         """'1840 ms ns/name (change): lock 0, act 1500 [PATCH deployments 900, ...], ...'"""
-        ms = lambda x: f"{x * 1000:.0f}"  # noqa: E731
-        phases = ", ".join(f"{k} {ms(v)}" for k, v in self.phases.items())
+        phases = ", ".join(f"{k} {_ms(v)}" for k, v in self.phases.items())
         calls = ", ".join(
-            f"{r.verb} {r.resource} {ms(r.seconds)}"
-            + (f" (pool {ms(r.queued)})" if r.queued else "")
+            f"{r.verb} {r.resource} {_ms(r.seconds)}"
+            + (f" (pool {_ms(r.queued)})" if r.queued else "")
             + (f" -> {r.status}" if r.status >= 400 or r.status == 0 else "")
             for r in self.requests
         )
         return (
-            f"{ms(self.seconds)} ms {self.key[0]}/{self.key[1]} ({self.trigger}, {self.outcome}; "
-            f"queued {ms(self.queued)} ms before): {phases or '-'}; requests: {calls or 'none'}"
+            f"{_ms(self.seconds)} ms {self.key[0]}/{self.key[1]} ({self.trigger}, {self.outcome}; "
+            f"queued {_ms(self.queued)} ms before): {phases or '-'}; requests: {calls or 'none'}"
         )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
 
 
 # Upper bounds (s) of the latency histogram in the stats line (cumulative over windows, a
@@ -402,18 +405,17 @@ def stats_line(samples: Sequence[Sample], every: float, sent: int, objects: int,
     latencies = sorted(s.seconds for s in samples)
     waits = sorted(s.queued for s in samples)
     writing = sorted(s.seconds for s in samples if s.wrote)
-    ms = lambda x: x * 1000  # noqa: E731
     return (
         f"kvcap stats: {len(latencies)} reconciles in {every:.0f}s, "
-        f"p50 {ms(quantile(latencies, 0.5)):.0f} ms, p99 {ms(quantile(latencies, 0.99)):.0f} ms, "
+        f"p50 {_ms(quantile(latencies, 0.5))} ms, p99 {_ms(quantile(latencies, 0.99))} ms, "
         f"{sent} API requests, {objects} objects, {queued} queued; "
-        f"writing {len(writing)} p50 {ms(quantile(writing, 0.5)):.0f} ms "
-        f"p99 {ms(quantile(writing, 0.99)):.0f} ms; "
-        f"queue wait p50 {ms(quantile(waits, 0.5)):.0f} ms p99 {ms(quantile(waits, 0.99)):.0f} ms; "
+        f"writing {len(writing)} p50 {_ms(quantile(writing, 0.5))} ms "
+        f"p99 {_ms(quantile(writing, 0.99))} ms; "
+        f"queue wait p50 {_ms(quantile(waits, 0.5))} ms p99 {_ms(quantile(waits, 0.99))} ms; "
         f"pool waits {pool_waits}, peak in flight {peak_in_flight}; "
         f"re-reads {sum(1 for s in samples if 'read' in s.phases)}; "
-        f"loop lag p99 {ms(quantile(lag, 0.99)):.0f} ms max {ms(max(lag, default=0.0)):.0f} ms; "
-        f"full gc {len(gc_pauses)} max {ms(max(gc_pauses, default=0.0)):.0f} ms; "
+        f"loop lag p99 {_ms(quantile(lag, 0.99))} ms max {_ms(max(lag, default=0.0))} ms; "
+        f"full gc {len(gc_pauses)} max {_ms(max(gc_pauses, default=0.0))} ms; "
         f"histogram {' '.join(map(str, histogram(latencies)))}"
     )
 
