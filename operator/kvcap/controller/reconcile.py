@@ -143,11 +143,13 @@ class Tracked:
     body: Mapping[str, Any] | None = None  # the newest version seen (watch events, own writes)
 
     def remember(self, body: Mapping[str, Any]) -> None:
-        """Keep `body` unless it is of an older generation than the one kept."""
+        """Keep `body` (without its managedFields) unless it is of an older generation than the
+        one kept."""
         kept = (self.body or {}).get("metadata") or {}
         new = body.get("metadata") or {}
         if int(new.get("generation") or 0) >= int(kept.get("generation") or 0):
-            self.body = body
+            meta = {k: v for k, v in new.items() if k != "managedFields"}
+            self.body = {**body, "metadata": meta}
 
 
 @dataclass

@@ -540,12 +540,17 @@ async def reflect_nodes(
 
 
 def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What the view keeps of a watched object: no managedFields (often the largest part), and of
-    a Pod only its metadata, node and status (what readiness and failure reasons are read from)."""
+    """What the view keeps of a watched object: no managedFields (often the largest part); of a
+    Pod only its metadata, node and status (what readiness and failure reasons are read from); of
+    a Deployment not its pod template (kvcap renders that; whether anyone changed it since kvcap
+    applied it shows in metadata.generation). Less to keep is less for every full garbage
+    collection to scan, and those stall every reconcile in flight."""
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     out = {**obj, "metadata": meta}
     if obj.get("kind") == "Pod":
         out["spec"] = {"nodeName": (obj.get("spec") or {}).get("nodeName")}
+    elif obj.get("kind") == "Deployment":
+        out["spec"] = {k: v for k, v in (obj.get("spec") or {}).items() if k != "template"}
     return out
 
 
