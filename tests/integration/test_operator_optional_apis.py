@@ -73,13 +73,15 @@ def test_multi_node_replicas_wait_for_leader_worker_set_and_extras_appear(
     api, ns = kvcap_api, op_namespace
     spec = {"model": {"name": "meta-llama/Llama-3.1-70B-Instruct"},
             "workload": {"maxContextTokens": 8192, "targetConcurrency": 16},
-            "gpu": {"products": ["H100-80GB"], "perNode": 2}}
+            # 131 GiB of weights: more than one 80 GB GPU holds, whatever the overhead model says,
+            # so one GPU per node means a multi-node replica
+            "gpu": {"products": ["H100-80GB"], "perNode": 1}}
     api.create_md(ns, "big", spec)
     wait_for("NeedsMultiNode", lambda: is_current(api.md(ns, "big"), "CapacityPlanned", "False",
                                                   "NeedsMultiNode"), 60)
     md = api.md(ns, "big")
     message = condition(md, "CapacityPlanned")["message"]
-    assert "LeaderWorkerSet" in message and "`spec.gpu.perNode` is 2" in message
+    assert "LeaderWorkerSet" in message and "`spec.gpu.perNode` is 1" in message
     assert md["status"]["plan"]["feasible"] is False  # type: ignore[index]
     assert md["status"]["plan"]["reason"] == "NeedsMultiNode"  # type: ignore[index]
     assert api.deployment(ns, "big-default") is None
