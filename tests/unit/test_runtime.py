@@ -425,3 +425,17 @@ async def test_objects_with_the_same_inputs_are_planned_once_even_at_once() -> N
     gate.set()
     assert await asyncio.gather(*runs) == ["the plan"] * 3
     assert calls == [1]
+
+
+def test_a_tracked_object_is_kept_without_managed_fields_and_never_older() -> None:
+    from kvcap.controller.reconcile import Tracked
+
+    tracked = Tracked("uid-1", ("uid-1", 2, None))
+    new = {"metadata": {"name": "a", "generation": 2, "resourceVersion": "9",
+                        "managedFields": [{"manager": "kvcap"}]}, "spec": {}}
+    tracked.remember(new)
+    assert tracked.body == {"metadata": {"name": "a", "generation": 2, "resourceVersion": "9"},
+                            "spec": {}}
+    assert "managedFields" in new["metadata"]  # the caller's object is left as it was
+    tracked.remember({"metadata": {"name": "a", "generation": 1, "resourceVersion": "3"}})
+    assert tracked.body is not None and tracked.body["metadata"]["resourceVersion"] == "9"
