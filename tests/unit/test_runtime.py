@@ -439,3 +439,27 @@ def test_a_tracked_object_is_kept_without_managed_fields_and_never_older() -> No
     assert "managedFields" in new["metadata"]  # the caller's object is left as it was
     tracked.remember({"metadata": {"name": "a", "generation": 1, "resourceVersion": "3"}})
     assert tracked.body is not None and tracked.body["metadata"]["resourceVersion"] == "9"
+
+
+def test_the_scale_benchmark_reads_the_stats_line_the_operator_writes() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "operator_scale.py"
+    spec = importlib.util.spec_from_file_location("operator_scale_under_test", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    samples = [Sample(("ns", f"md-{i}"), "resync", queued=0.5, seconds=0.01) for i in range(97)]
+    samples += [Sample(("ns", "slow"), "change", queued=9.0, seconds=s,
+                       requests=(timing("PATCH", "services", s),)) for s in (0.9, 1.2, 2.5)]
+    line = stats_line(samples, 60, sent=7, objects=100, queued=3, pool_waits=1,
+                      peak_in_flight=12, lag=[0.02, 0.05], gc_pauses=[0.3])
+    match = bench.STATS.search(f"[2026-01-01 00:00:00,000] kvcap.reconcile [INFO] {line}")
+    assert match is not None
+    stats = bench.Stats(match)
+    assert (stats.n, stats.p99, stats.requests, stats.writing) == (100, 2500, 7, 3)
+    assert (stats.wait_p99, stats.pool_waits, stats.peak_in_flight) == (9000, 1, 12)
+    assert (stats.lag_max, stats.gcs, stats.gc_max) == (50, 1, 300)
+    total, within, bucket = bench.pooled([stats, stats])
+    assert (total, within, bucket) == (200, 0.98, "1000 ms-1500 ms")  # the 198th of 200: 1.2 s
