@@ -20,7 +20,7 @@ Settings (environment, read when the operator starts):
 | KVCAP_PROMETHEUS_CA_FILE | "" | CA bundle for an https Prometheus |
 | KVCAP_PROMETHEUS_URL_PREFIXES | ClusterLocal | allowed `spec.autoscaling.prometheusUrl` (*) |
 | KVCAP_PROMETHEUS_TIMEOUT_SECONDS | 5 | timeout of each query |
-| KVCAP_PROMETHEUS_RATE_WINDOW | 2m | `rate()` window, `irate()` range (at least 4 scrape intervals) |
+| KVCAP_PROMETHEUS_RATE_WINDOW | 2m | `rate()` window, `irate()` range (>= 4 scrape intervals) |
 | KVCAP_AUTOSCALE_INTERVAL_SECONDS | 15 | the tick |
 | KVCAP_AUTOSCALE_STARTUP_SECONDS | 300 | replica start-up time the policy looks ahead by |
 | KVCAP_AUTOSCALE_STATUS_REFRESH_SECONDS | 60 | status.pools[] figures: at most this often |
