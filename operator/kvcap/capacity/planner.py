@@ -394,7 +394,8 @@ def available_of(gpu: Gpu, cluster_gpus: Mapping[str, int] | None) -> int | None
 def vllm_args(spec: ModelDeploymentSpec, cand: Candidate, max_model_len: int) -> tuple[str, ...]:
     v = spec.vllm
     args = [
-        "--model", spec.model.name,
+        # positional: `vllm serve` deprecated --model (https://docs.vllm.ai/en/latest/cli/serve.html)
+        spec.model.name,
         "--served-model-name", spec.model.served_model_name or spec.model.name,
         "--port", "8000",
         "--tensor-parallel-size", str(cand.tp),
