@@ -27,9 +27,9 @@ from kvcap.sim.policies import Kvcap  # noqa: E402
 from kvcap.sim.run import SimOptions, run  # noqa: E402
 from kvcap.sim.trace import read_trace, scale  # noqa: E402
 
-# The operator prices tokens for models in kvcap's built-in catalog (controller/scaling.py builds
-# the pool's step-time model); for a Hub or ConfigMap model it runs `decide` without token prices
-# (no compute floor, the unpriced pressure rule): this row.
+# The planner prices every pool's tokens and pins the prices with the plan; a pool without them (a
+# plan pinned by an older kvcap, for a model outside the built-in catalog) runs `decide` without
+# token prices (no compute floor, the unpriced pressure rule): this row.
 UNPRICED = "kvcap (no token prices)"
 POLICIES = (*simrun.POLICIES, UNPRICED)
 
@@ -193,8 +193,8 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], docs: dict[str, 
            "60 s + weights at 1 GB/s). Every policy starts with the replicas the opening minutes "
            "need (`warm_start`), so a cold start under full load does not decide the comparison. "
            f"`{UNPRICED}` is the same `decide` without token prices (no compute floor), as the "
-           "operator runs it for a model outside the built-in catalog (a Hub or ConfigMap "
-           "model). "
+           "operator runs it for a pool whose plan carries no token prices (pinned by an older "
+           "kvcap, for a model outside the built-in catalog). "
            "A seed picks the time rotation of the superposed copies, so the x1 Mooncake runs are "
            "the same for every seed. "
            "See docs/simulator.md for what the simulator models.", ""]

@@ -250,6 +250,7 @@ def test_status_schema_is_what_the_operator_writes() -> None:
         "kvTokensPerReplica", "kvCacheBytesPerGpu", "deploymentName", "serviceName",
         "gpuLabels", "vllmArgs", "gpuMemoryUtilization", "targetConcurrency", "concurrencyPerReplica",
         "bindingConstraint", "predictedTtftMilliseconds", "predictedTpotMilliseconds",
+        "prefillSecondsPerToken", "decodeSecondsPerToken",
     }
     assert pool["kvTokensPerReplica"]["format"] == pool["kvCacheBytesPerGpu"]["format"] == "int64"
     # status.pools[]: the autoscaler's per-pool state, where users read it

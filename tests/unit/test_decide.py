@@ -10,6 +10,7 @@ from operator_factories import MODEL, make_plan, make_pool
 
 from kvcap.api import constants as kc
 from kvcap.api.errors import ModelNotFound
+from kvcap.api.models import ModelDeploymentSpec
 from kvcap.capacity.plan_types import CapacityPlan
 from kvcap.controller.conditions import Check, get_condition
 from kvcap.controller.decide import (
@@ -302,6 +303,28 @@ def test_latency_figures_are_in_status_and_survive_the_pin(
     restatus = assess(again, pinned, ActOutcome(Check("True", "Applied", "")), "resync",
                       Policy()).status
     assert restatus["plan"]["pools"][0] == entry
+
+
+def test_token_prices_are_pinned_and_price_a_model_outside_the_catalog() -> None:
+    """The planner prices each pool's tokens; status.plan keeps the prices, so a resync prices a
+    Hub or ConfigMap model (whose config.json the operator no longer reads) as the plan did."""
+    from kvcap.controller.scaling import token_costs_for
+
+    hub = {**SPEC, "model": {"name": "example-org/private-llama"}}
+    priced = make_pool(prefill_seconds_per_token=4e-5, decode_seconds_per_token=9e-4)
+    policy = Policy(plan_fn=planner(make_plan(priced)))
+    obs = observation(md(hub, annotations={"kvcap.io/replan": "a"}))
+    status = assess(obs, decide(obs, policy), ActOutcome(Check("True", "Applied", "")), "change",
+                    policy).status
+    entry = status["plan"]["pools"][0]
+    assert (entry["prefillSecondsPerToken"], entry["decodeSecondsPerToken"]) == (4e-5, 9e-4)
+    again = observation(md(hub, status=status, annotations={"kvcap.io/replan": "a"}))
+    pinned = decide(again, Policy(plan_fn=planner(RuntimeError("must not re-plan"))))
+    assert pinned.plan is not None
+    spec = ModelDeploymentSpec.model_validate(hub)
+    assert token_costs_for(spec, pinned.plan.pools[0]) == (4e-5, 9e-4)
+    # the same pool unpriced (a plan pinned by an older kvcap): not in the catalog, no prices
+    assert token_costs_for(spec, make_pool()) is None
 
 
 @pytest.mark.parametrize(("old", "new", "patch"), [

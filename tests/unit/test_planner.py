@@ -116,3 +116,28 @@ def test_gpu_budget_is_a_hard_limit():
     plan = plan_deployment(s)
     assert not plan.feasible and plan.reason == "ExceedsGpuBudget"
     assert "above `gpu.maxTotal` 4" in plan.message
+
+
+def test_the_plan_prices_tokens_the_way_the_autoscaler_would_for_any_model():
+    """Every pool carries its token prices; for a catalog model they equal what the autoscaler
+    computes from the catalog, and a model given as a config.json (Hub, ConfigMap) is priced too."""
+    import json
+    from dataclasses import replace
+
+    from kvcap.capacity.catalog import DATA
+    from kvcap.controller.scaling import token_costs_for
+
+    s = spec(conc=64)
+    pool = plan_deployment(s).pools[0]
+    assert pool.prefill_seconds_per_token and pool.decode_seconds_per_token
+    unpriced = replace(pool, prefill_seconds_per_token=None, decode_seconds_per_token=None)
+    assert token_costs_for(s, unpriced) == pytest.approx(
+        (pool.prefill_seconds_per_token, pool.decode_seconds_per_token), rel=1e-9)
+    config = json.loads((DATA / "models" / "meta-llama--Llama-3.1-8B-Instruct.json").read_text())
+    hub = spec(model="example-org/private-llama", conc=64)
+    hub_pool = plan_deployment(hub, config=config["config"]).pools[0]
+    # the same shapes; the catalog's parameter count differs from the one counted from the shapes
+    assert (hub_pool.prefill_seconds_per_token, hub_pool.decode_seconds_per_token) == pytest.approx(
+        (pool.prefill_seconds_per_token, pool.decode_seconds_per_token), rel=1e-3)
+    assert token_costs_for(hub, replace(hub_pool, prefill_seconds_per_token=None,
+                                        decode_seconds_per_token=None)) is None

@@ -82,8 +82,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kvcap.api import constants as kc
-from kvcap.capacity.latency import StepModel, pairs
-from kvcap.capacity.plan_types import PoolPlan
+from kvcap.capacity.latency import (  # re-exported: the operator and the simulator price tokens
+    OUTPUT_SHARE,
+    LengthModel,
+    length_model_for,
+    token_costs,
+)
 
 NAN = float("nan")
 MAX_TREND_POINTS = 32  # demand points kept for the trend (the CRD allows 64)
@@ -122,18 +126,6 @@ NO_READY_REPLICAS = kc.NO_READY_REPLICAS
 CAPACITY_MATCHES_PLAN = kc.CAPACITY_MATCHES_PLAN
 PLAN_MISMATCH = kc.PLAN_MISMATCH
 CAPACITY_NOT_REPORTED = kc.CAPACITY_NOT_REPORTED
-
-
-@dataclass(frozen=True, kw_only=True)
-class LengthModel:
-    """Mean request lengths of the pool's traffic, in tokens."""
-
-    mean_prompt_tokens: float
-    mean_output_tokens: float
-
-    def __post_init__(self) -> None:
-        if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens >= 0):
-            raise ValueError("LengthModel: mean token counts must be finite and >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,50 +306,6 @@ class Decision:
     metrics: MetricsVerdict
     capacity: CapacityVerdict
     figures: Figures
-
-
-# Share of a request's tokens that are output when nothing better is known: the Azure LLM
-# inference trace 2023, conversation set (mean prompt 1,154.7, mean output 211.1 tokens; see
-# /work/shared/traces/stats.json), the most output-heavy of the public chat traces kvcap uses.
-OUTPUT_SHARE = 0.155
-
-
-def length_model_for(pool: PoolPlan) -> LengthModel:
-    """Mean prompt and output tokens of a planned pool's traffic, from the request length the plan
-    sized each sequence for (KV per replica x (1 - headroom) / sequences per replica), split by
-    OUTPUT_SHARE."""
-    per_request = pool.kv_tokens_per_replica * (1 - pool.headroom_percent / 100)
-    if pool.concurrency_per_replica > 0:
-        per_request /= pool.concurrency_per_replica
-    per_request = max(1.0, min(per_request, float(pool.max_model_len)))
-    return LengthModel(
-        mean_prompt_tokens=per_request * (1 - OUTPUT_SHARE),
-        mean_output_tokens=per_request * OUTPUT_SHARE,
-    )
-
-
-def token_costs(
-    step: StepModel,
-    *,
-    chunk_tokens: int,
-    max_num_seqs: int,
-    kv_tokens_per_replica: int,
-    length: LengthModel,
-    target_kv_utilization_percent: int,
-) -> tuple[float, float]:
-    """(prefill, decode) seconds of replica step time per prompt token and per generated token,
-    from the step-time model the planner and simulator use: a full `chunk_tokens` prefill step
-    over its tokens, and one decode step of the batch a replica holds at the KV target (mean
-    context = prompt + half the output) over that batch. The batch at the target, not the
-    observed one: the observed batch shrinks as replicas are added, and per-token decode cost
-    with it, which would feed back into more replicas."""
-    chunk = max(1, chunk_tokens)
-    prefill = step.step_time(chunk, pairs(0, chunk), 0, 0) / chunk
-    ctx = max(1, int(length.mean_prompt_tokens + length.mean_output_tokens / 2))
-    at_target = target_kv_utilization_percent / 100 * kv_tokens_per_replica / ctx
-    batch = max(1, min(max_num_seqs, int(at_target)))
-    decode = step.decode_step(batch, batch * ctx) / batch
-    return prefill, decode
 
 
 # --- formatting ---
@@ -799,6 +747,7 @@ __all__ = [
     "METRICS_STALE",
     "MIN_TREND_SPAN_SECONDS",
     "NO_READY_REPLICAS",
+    "OUTPUT_SHARE",
     "PLAN_MISMATCH",
     "PROMETHEUS_UNAVAILABLE",
     "QUEUE_SECONDS_LIMIT",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from kvcap.capacity.arch import ModelArch
 from kvcap.capacity.catalog import Gpu
+from kvcap.capacity.plan_types import PoolPlan
 
 # Model FLOPs utilisation (prefill, decode) per GPU family. Source: BLIS (inference-sim) v0.7.15
 # hardware_config.json, "MFU values calibrated per Discussion #589"
@@ -200,3 +201,62 @@ def step_model(arch: ModelArch, gpu: Gpu, *, tp: int, pp: int = 1, weight_bytes_
         overhead_s=STEP_OVERHEAD_S,
         pipeline_stages=pp,
     )
+
+
+# --- token prices: what the autoscaler's compute floor charges per token ---
+
+
+@dataclass(frozen=True, kw_only=True)
+class LengthModel:
+    """Mean request lengths of the pool's traffic, in tokens."""
+
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+
+    def __post_init__(self) -> None:
+        if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens >= 0):
+            raise ValueError("LengthModel: mean token counts must be finite and >= 0")
+
+
+# Share of a request's tokens that are output when nothing better is known: the Azure LLM
+# inference trace 2023, conversation set (mean prompt 1,154.7, mean output 211.1 tokens; see
+# /work/shared/traces/stats.json), the most output-heavy of the public chat traces kvcap uses.
+OUTPUT_SHARE = 0.155
+
+
+def length_model_for(pool: PoolPlan) -> LengthModel:
+    """Mean prompt and output tokens of a planned pool's traffic, from the request length the plan
+    sized each sequence for (KV per replica x (1 - headroom) / sequences per replica), split by
+    OUTPUT_SHARE."""
+    per_request = pool.kv_tokens_per_replica * (1 - pool.headroom_percent / 100)
+    if pool.concurrency_per_replica > 0:
+        per_request /= pool.concurrency_per_replica
+    per_request = max(1.0, min(per_request, float(pool.max_model_len)))
+    return LengthModel(
+        mean_prompt_tokens=per_request * (1 - OUTPUT_SHARE),
+        mean_output_tokens=per_request * OUTPUT_SHARE,
+    )
+
+
+def token_costs(
+    step: StepModel,
+    *,
+    chunk_tokens: int,
+    max_num_seqs: int,
+    kv_tokens_per_replica: int,
+    length: LengthModel,
+    target_kv_utilization_percent: int,
+) -> tuple[float, float]:
+    """(prefill, decode) seconds of replica step time per prompt token and per generated token,
+    from the step-time model the planner and simulator use: a full `chunk_tokens` prefill step
+    over its tokens, and one decode step of the batch a replica holds at the KV target (mean
+    context = prompt + half the output) over that batch. The batch at the target, not the
+    observed one: the observed batch shrinks as replicas are added, and per-token decode cost
+    with it, which would feed back into more replicas."""
+    chunk = max(1, chunk_tokens)
+    prefill = step.step_time(chunk, pairs(0, chunk), 0, 0) / chunk
+    ctx = max(1, int(length.mean_prompt_tokens + length.mean_output_tokens / 2))
+    at_target = target_kv_utilization_percent / 100 * kv_tokens_per_replica / ctx
+    batch = max(1, min(max_num_seqs, int(at_target)))
+    decode = step.decode_step(batch, batch * ctx) / batch
+    return prefill, decode

@@ -33,6 +33,12 @@ class PoolPlan:
     binding_constraint: str | None = None
     predicted_ttft_ms: float | None = None
     predicted_tpot_ms: float | None = None
+    # Seconds of one replica's step time per prompt and per generated token (`latency.token_costs`
+    # at the autoscaling target), priced when the plan is made and pinned with it, so the
+    # autoscaler's compute floor has them for every model the planner could read (Hub and
+    # ConfigMap models too, whose config.json the operator does not keep). None: not priced.
+    prefill_seconds_per_token: float | None = None
+    decode_seconds_per_token: float | None = None
 
     @property
     def total_gpus(self) -> int:
@@ -44,6 +50,9 @@ class PoolPlan:
             out["binding_constraint"] = self.binding_constraint
             out["predicted_ttft_ms"] = round(self.predicted_ttft_ms or 0.0, 1)
             out["predicted_tpot_ms"] = round(self.predicted_tpot_ms or 0.0, 2)
+        if self.prefill_seconds_per_token is not None:
+            out["prefill_seconds_per_token"] = self.prefill_seconds_per_token
+            out["decode_seconds_per_token"] = self.decode_seconds_per_token
         return out
 
     def _base_dict(self) -> dict[str, Any]:

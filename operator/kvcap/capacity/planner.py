@@ -31,7 +31,7 @@ from kvcap.capacity.arch import ModelArch
 from kvcap.capacity.catalog import GIB, Gpu
 from kvcap.capacity.configs import load_model
 from kvcap.capacity.hints import Fit, cheapest_per_kind, spec_change, what_would_fit
-from kvcap.capacity.latency import StepModel, step_model
+from kvcap.capacity.latency import StepModel, length_model_for, step_model, token_costs
 from kvcap.capacity.memory import Calibration, Estimate, ServeArgs, estimate
 from kvcap.capacity.plan_types import Alternative, CapacityPlan, PoolPlan
 from kvcap.capacity.vllm_version import profile, unserved_reason
@@ -454,6 +454,26 @@ def _pool(spec: ModelDeploymentSpec, demand: PoolDemand, cand: Candidate) -> Poo
     )
 
 
+def _priced(arch: ModelArch, spec: ModelDeploymentSpec, pool: PoolPlan, gpu: Gpu) -> PoolPlan:
+    """The pool with its token prices (`latency.token_costs`), from the same step-time model the
+    latency objectives and the simulator use: the chunk vLLM prefills per step, the planned
+    `--max-num-seqs` and KV per replica, the pool's length model, the autoscaling KV target."""
+    try:
+        step, est = step_model_for(arch, gpu, spec, pool.tensor_parallel_size,
+                                   pool.pipeline_parallel_size, pool.max_model_len)
+    except KvcapError:
+        return pool
+    prefill, decode = token_costs(
+        step,
+        chunk_tokens=spec.vllm.max_num_batched_tokens or est.max_num_batched_tokens,
+        max_num_seqs=pool.max_num_seqs or est.max_num_seqs,
+        kv_tokens_per_replica=max(1, pool.kv_tokens_per_replica),
+        length=length_model_for(pool),
+        target_kv_utilization_percent=spec.autoscaling.target_kv_utilization_percent,
+    )
+    return replace(pool, prefill_seconds_per_token=prefill, decode_seconds_per_token=decode)
+
+
 # ---------------------------------------------------------------------------------------------
 # Lower bound and the whole plan
 # ---------------------------------------------------------------------------------------------
@@ -587,7 +607,8 @@ def _plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None
     else:
         return _infeasible(arch, gpus, spec, single, single_why, version)
 
-    pools = tuple(_pool(spec, d, c) for d, c in zip(demands, chosen, strict=True))
+    pools = tuple(_priced(arch, spec, _pool(spec, d, c), c.gpu)
+                  for d, c in zip(demands, chosen, strict=True))
     total = sum(pl.total_gpus for pl in pools)
     bound = lower_bound_gpus(arch, chosen[0].gpu, spec, demands)
     alts = tuple(Alternative(c.summary(), c.total_gpus, _why_lost(c, chosen[0])) for c in runners)

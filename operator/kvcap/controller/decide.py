@@ -659,6 +659,8 @@ def pinned_plan(obj: Mapping[str, Any]) -> CapacityPlan | None:
                 else None,
                 predicted_ttft_ms=_optional_float(p.get("predictedTtftMilliseconds")),
                 predicted_tpot_ms=_optional_float(p.get("predictedTpotMilliseconds")),
+                prefill_seconds_per_token=_optional_float(p.get("prefillSecondsPerToken")),
+                decode_seconds_per_token=_optional_float(p.get("decodeSecondsPerToken")),
             )
             for p in stored["pools"]
         )
@@ -707,6 +709,10 @@ def pin_status(status: dict[str, Any], obj: Mapping[str, Any], plan: CapacityPla
             entry["bindingConstraint"] = pool.binding_constraint
             entry["predictedTtftMilliseconds"] = round(pool.predicted_ttft_ms or 0.0, 1)
             entry["predictedTpotMilliseconds"] = round(pool.predicted_tpot_ms or 0.0, 2)
+        if pool.prefill_seconds_per_token is not None and pool.decode_seconds_per_token is not None:
+            # the autoscaler's token prices, pinned with the plan (no config.json needed later)
+            entry["prefillSecondsPerToken"] = pool.prefill_seconds_per_token
+            entry["decodeSecondsPerToken"] = pool.decode_seconds_per_token
     model_bytes = plan.extra.get("model_bytes") if plan is not None else None
     if isinstance(model_bytes, int) and model_bytes > 0:
         stored["modelBytes"] = model_bytes

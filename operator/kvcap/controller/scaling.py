@@ -146,6 +146,8 @@ def _costs(
     spec_json: str, pool: PoolPlan, target_kv_utilization_percent: int
 ) -> tuple[float, float] | None:
     """Cached by the spec's JSON and the (frozen) pool, so a tick does not rebuild the model."""
+    if pool.prefill_seconds_per_token is not None and pool.decode_seconds_per_token is not None:
+        return pool.prefill_seconds_per_token, pool.decode_seconds_per_token  # priced by the plan
     spec = ModelDeploymentSpec.model_validate_json(spec_json)
     gpu = catalog.find_gpu(pool.gpu_product)
     if gpu is None or catalog.find_model(spec.model.name) is None:
@@ -171,10 +173,11 @@ def _costs(
 
 def token_costs_for(spec: ModelDeploymentSpec, pool: PoolPlan) -> tuple[float, float] | None:
     """(prefill, decode) seconds per token of one replica of `pool` (`policy.token_costs`, from
-    the same step-time model `kvcap plan` and the simulator use), or None when the model's
-    architecture is not in the built-in catalog (a Hub or ConfigMap model: the operator reads its
-    config.json in the shell, not here) or the pool's GPU product is not a catalog one. None leaves
-    the spec unpriced: no compute floor, and any capacity-waiting request is pressure."""
+    the same step-time model `kvcap plan` and the simulator use): the prices the planner pinned in
+    the pool, for any model it could read (catalog, Hub or ConfigMap). A plan pinned by an older
+    kvcap has none: then priced from the catalog, or None when the model is not in it or the GPU
+    product is not a catalog one. None leaves the spec unpriced: no compute floor, and any
+    capacity-waiting request is pressure."""
     return _costs(
         spec.model_dump_json(), pool, spec.autoscaling.target_kv_utilization_percent
     )
