@@ -454,7 +454,21 @@ def _pool(spec: ModelDeploymentSpec, demand: PoolDemand, cand: Candidate) -> Poo
     )
 
 
-def _priced(arch: ModelArch, spec: ModelDeploymentSpec, pool: PoolPlan, gpu: Gpu) -> PoolPlan:
+def arg_int(args: Sequence[str], name: str) -> int | None:
+    """`--name N` or `--name=N` in vLLM args, as an int (None: absent or not a number)."""
+    for i, arg in enumerate(args):
+        text = arg.split("=", 1)[1] if arg.startswith(name + "=") else None
+        if arg == name and i + 1 < len(args):
+            text = args[i + 1]
+        if text is not None:
+            try:
+                return int(text)
+            except ValueError:
+                return None
+    return None
+
+
+def price_pool(arch: ModelArch, spec: ModelDeploymentSpec, pool: PoolPlan, gpu: Gpu) -> PoolPlan:
     """The pool with its token prices (`latency.token_costs`), from the same step-time model the
     latency objectives and the simulator use: the chunk vLLM prefills per step, the planned
     `--max-num-seqs` and KV per replica, the pool's length model, the autoscaling KV target."""
@@ -465,7 +479,8 @@ def _priced(arch: ModelArch, spec: ModelDeploymentSpec, pool: PoolPlan, gpu: Gpu
         return pool
     prefill, decode = token_costs(
         step,
-        chunk_tokens=spec.vllm.max_num_batched_tokens or est.max_num_batched_tokens,
+        chunk_tokens=arg_int(pool.vllm_args, "--max-num-batched-tokens")
+        or est.max_num_batched_tokens,
         max_num_seqs=pool.max_num_seqs or est.max_num_seqs,
         kv_tokens_per_replica=max(1, pool.kv_tokens_per_replica),
         length=length_model_for(pool),
@@ -607,7 +622,7 @@ def _plan_deployment(spec: ModelDeploymentSpec, *, config: dict[str, Any] | None
     else:
         return _infeasible(arch, gpus, spec, single, single_why, version)
 
-    pools = tuple(_priced(arch, spec, _pool(spec, d, c), c.gpu)
+    pools = tuple(price_pool(arch, spec, _pool(spec, d, c), c.gpu)
                   for d, c in zip(demands, chosen, strict=True))
     total = sum(pl.total_gpus for pl in pools)
     bound = lower_bound_gpus(arch, chosen[0].gpu, spec, demands)

@@ -41,7 +41,7 @@ from kvcap.autoscale import policy as ap
 from kvcap.capacity import catalog
 from kvcap.capacity.configs import load_model
 from kvcap.capacity.plan_types import CapacityPlan, PoolPlan
-from kvcap.capacity.planner import step_model_for
+from kvcap.capacity.planner import price_pool
 from kvcap.controller.conditions import Check
 from kvcap.controller.decide import PoolScale
 from kvcap.controller.render import nodes_per_replica
@@ -127,20 +127,6 @@ def inventory_replicas(
     return fits, text
 
 
-def _flag(args: Sequence[str], name: str) -> int | None:
-    """`--name N` or `--name=N` in a pool's vLLM args, as an int (None: absent or not a number)."""
-    for i, arg in enumerate(args):
-        text = arg.split("=", 1)[1] if arg.startswith(name + "=") else None
-        if arg == name and i + 1 < len(args):
-            text = args[i + 1]
-        if text is not None:
-            try:
-                return int(text)
-            except ValueError:
-                return None
-    return None
-
-
 @functools.lru_cache(maxsize=256)
 def _costs(
     spec_json: str, pool: PoolPlan, target_kv_utilization_percent: int
@@ -152,23 +138,13 @@ def _costs(
     gpu = catalog.find_gpu(pool.gpu_product)
     if gpu is None or catalog.find_model(spec.model.name) is None:
         return None
-    try:
-        arch = load_model(spec.model.name)
-        step, est = step_model_for(
-            arch, gpu, spec, pool.tensor_parallel_size, pool.pipeline_parallel_size,
-            pool.max_model_len,
-        )
+    try:  # a plan pinned by an older kvcap: price it as the planner now does
+        priced = price_pool(load_model(spec.model.name), spec, pool, gpu)
     except KvcapError:
         return None
-    chunk = _flag(pool.vllm_args, "--max-num-batched-tokens") or est.max_num_batched_tokens
-    return ap.token_costs(
-        step,
-        chunk_tokens=chunk,
-        max_num_seqs=pool.max_num_seqs or est.max_num_seqs,
-        kv_tokens_per_replica=max(1, int(pool.kv_tokens_per_replica)),
-        length=length_model(pool),
-        target_kv_utilization_percent=target_kv_utilization_percent,
-    )
+    if priced.prefill_seconds_per_token is None or priced.decode_seconds_per_token is None:
+        return None
+    return priced.prefill_seconds_per_token, priced.decode_seconds_per_token
 
 
 def token_costs_for(spec: ModelDeploymentSpec, pool: PoolPlan) -> tuple[float, float] | None:
